@@ -1,0 +1,41 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.models import ApiKey, Tenant
+from core.security import display_prefix, generate_key, hash_key
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_key(session: Session, *, tenant_name: str, admin: bool, secret: bytes) -> str:
+    """Create a key for ``tenant_name`` (creating the tenant if needed); returns the key itself,
+    which is never stored and cannot be shown again."""
+    tenant = get_or_create_tenant(session, tenant_name)
+    key = generate_key()
+    session.add(
+        ApiKey(
+            tenant_id=tenant.id,
+            key_hash=hash_key(key, secret),
+            prefix=display_prefix(key),
+            is_admin=admin,
+        )
+    )
+    session.flush()
+    return key
+
+
+def authenticate(session: Session, *, key: str, secret: bytes) -> ApiKey | None:
+    return session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(key, secret), ApiKey.revoked_at.is_(None))
+    )

@@ -1,0 +1,117 @@
+"""Settings: one pydantic-settings class, env prefix ``FTAAS_``, read once per process.
+
+Every path and URL derives from ``FTAAS_HOME`` unless set explicitly, so the embedded default
+(``ftaas serve``) needs no configuration at all: SQLite database, SQLite-backed broker and a local
+artifact directory, all under ``./var``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FTAAS_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        Path("var"), description="Root for the embedded database, broker and artifacts."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL. Default: SQLite file under FTAAS_HOME."
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker URL. Default: kombu's SQLAlchemy transport on a SQLite file.",
+    )
+    artifacts_dir: Path | None = Field(None, description="Uploaded files, checkpoints, adapters.")
+    models_dir: Path | None = Field(None, description="Cache of prepared base models.")
+    key_secret: str | None = Field(
+        None,
+        description="HMAC secret for API-key hashes. Default: generated once into FTAAS_HOME/secret.key.",
+    )
+
+    # Uploads.
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024, description="Largest accepted upload (413 past it)."
+    )
+    max_line_bytes: int = Field(1024 * 1024, description="Longest accepted JSONL line.")
+    max_lines: int = Field(100_000, description="Most examples in one training file.")
+    min_examples: int = Field(10, description="Fewest examples in a training file.")
+    max_reported_errors: int = Field(
+        200, description="Invalid lines listed in a file's status_details."
+    )
+
+    # Jobs.
+    default_model: str = Field(
+        "smollm2-135m-instruct", description="Base model prepared on first start."
+    )
+    default_n_epochs: int = Field(3, description="n_epochs when a job asks for 'auto'.")
+    default_batch_size: int = Field(4, description="batch_size when a job asks for 'auto'.")
+    base_learning_rate: float = Field(1e-4, description="Multiplied by learning_rate_multiplier.")
+    max_seq_len: int = Field(
+        512, description="Training sequences are truncated to this many tokens."
+    )
+    checkpoint_every: int = Field(50, description="Steps between checkpoints (and one at the end).")
+    keep_checkpoints: int = Field(3, description="Newest checkpoints kept per job.")
+    idempotency_window_s: int = Field(
+        600, description="Identical create requests in this window return the same job."
+    )
+
+    # Worker.
+    heartbeat_interval_s: float = Field(10.0, description="Heartbeat and event throttle.")
+    stale_after_s: float = Field(300.0, description="A running job silent this long is re-queued.")
+    max_attempts: int = Field(3, description="Attempts before a stale job fails.")
+    sweep_interval_s: float = Field(60.0, description="How often the sweeper looks for lost jobs.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    worker_threads: int = Field(
+        0, description="torch CPU threads in the worker (0 = torch default)."
+    )
+
+    # API.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    page_limit_max: int = 100
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home / 'ftaas.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.resolved_home / 'broker.db'}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.resolved_home / "artifacts").resolve()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.resolved_home / "models").resolve()
+
+    def resolved_key_secret(self) -> bytes:
+        """The HMAC secret; generated and saved (mode 0600) on first use when not configured."""
+        if self.key_secret:
+            return self.key_secret.encode()
+        path = self.resolved_home / "secret.key"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,36 @@
+"""The queue client: a Celery app configured from settings, and task names sent by name.
+
+The API never imports the worker's code; it sends ``TASK_RUN_JOB`` with the job id only. The
+worker registers the same names (worker/tasks.py) on an app built by ``make_celery``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from core.config import Settings
+
+TASK_RUN_JOB = "ftaas.jobs.run"
+TASK_SWEEP = "ftaas.jobs.sweep"
+TRAINING_QUEUE = "training"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("ftaas", broker=settings.resolved_broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # the job row is the result
+        result_backend=None,
+        task_acks_late=False,  # early ack: recovery is the database's job (design.md)
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=TRAINING_QUEUE,
+        broker_transport_options={"polling_interval": 0.5},
+        enable_utc=True,
+    )
+    return app
+
+
+def send_run_job(app: Celery, job_id: str) -> None:
+    app.send_task(TASK_RUN_JOB, args=[job_id], queue=TRAINING_QUEUE)
