@@ -40,6 +40,11 @@ class Claim:
     worker_id: str
 
 
+def _changed(result: Any) -> bool:
+    """Whether a conditional UPDATE matched exactly one row (it lost no race)."""
+    return int(result.rowcount) == 1
+
+
 def add_event(
     session: Session,
     job: Job,
@@ -71,7 +76,7 @@ def claim(session: Session, job_id: str, worker_id: str) -> Claim | None:
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if not _changed(result):
         return None
     attempt = session.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
     return Claim(job_id=job_id, attempt=attempt, worker_id=worker_id)
@@ -95,7 +100,7 @@ def heartbeat(session: Session, claim: Claim, **values: Any) -> bool:
         .values(heartbeat_at=now(), **values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return _changed(result)
 
 
 def finish(session: Session, claim: Claim, **values: Any) -> bool:
@@ -106,7 +111,7 @@ def finish(session: Session, claim: Claim, **values: Any) -> bool:
         .values(status=JobStatus.SUCCEEDED, finished_at=now(), **values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return _changed(result)
 
 
 def fail(
@@ -125,7 +130,7 @@ def fail(
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return _changed(result)
 
 
 def release(session: Session, claim: Claim) -> bool:
@@ -136,7 +141,7 @@ def release(session: Session, claim: Claim) -> bool:
         .values(status=JobStatus.QUEUED, worker_id=None, enqueued_at=now())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return _changed(result)
 
 
 def _transition(session: Session, job: Job, allowed: frozenset[str], **values: Any) -> bool:
@@ -147,7 +152,7 @@ def _transition(session: Session, job: Job, allowed: frozenset[str], **values: A
         .execution_options(synchronize_session=False)
     )
     session.refresh(job)
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return _changed(result)
 
 
 def cancel(session: Session, job: Job) -> bool:
@@ -213,7 +218,7 @@ def requeue_stale(session: Session, job: Job, *, max_attempts: int) -> bool:
         .values(status=JobStatus.QUEUED, worker_id=None, enqueued_at=now())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return _changed(result)
 
 
 def touch_enqueued(session: Session, job_id: str) -> None:
