@@ -1,0 +1,49 @@
+# Set-up, run and test. Every target installs what it needs first (scripts/install.sh).
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt scripts/install.sh pyproject.toml
+	bash scripts/install.sh
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/ftaas serve
+
+services:
+	bash scripts/services.sh
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy .
+
+imports: install
+	$(BIN)/lint-imports
+
+pytest: install services
+	$(BIN)/pytest -q
+
+# The whole check CI runs: format, lint, types, import rules, tests.
+test: lint typecheck imports pytest
+
+bench-ingest: install
+	$(BIN)/python bench/ingest.py
+
+bench-api: install services
+	$(BIN)/python bench/api_load.py
+
+bench-defense: install
+	$(BIN)/python bench/defense.py
+
+bench-overhead: install
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

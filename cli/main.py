@@ -1,0 +1,253 @@
+"""``ftaas``: the command line, and the one composition root that may import several packages.
+
+Heavy modules (torch via defense, the API app) are imported inside the command that needs them,
+so ``ftaas keys create`` stays fast and the API process never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from core import migrate
+from core.accounts import create_key
+from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_prepared
+from core.config import Settings, get_settings
+from core.db import session_factory, session_scope
+from core.models import ApiKey, Model
+
+console = Console(stderr=True)
+
+
+def _migrate(settings: Settings) -> None:
+    settings.resolved_home.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        ensure_builtin_models(session, settings.resolved_models_dir)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.downgrade:
+        migrate.downgrade(settings.resolved_database_url, args.downgrade)
+        console.print(f"Downgraded the database to {args.downgrade}.")
+        return 0
+    _migrate(settings)
+    console.print(f"Database at head: {settings.resolved_database_url}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        key = create_key(
+            session,
+            tenant_name=args.tenant,
+            admin=args.admin,
+            secret=settings.resolved_key_secret(),
+        )
+    console.print(
+        f"Created {'an admin' if args.admin else 'a'} key for tenant {args.tenant!r}. "
+        "It is shown once; store it now."
+    )
+    print(key)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        rows = list(session.query(Model).order_by(Model.seq))
+    table = Table("id", "source", "status", "path")
+    for row in rows:
+        table.add_row(row.id, row.source, row.status, row.path or "")
+    Console().print(table)
+    return 0
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _prepare_builtin(settings, args.name)
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        ensure_builtin_models(session, settings.resolved_models_dir)
+    return 0
+
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    path = Path(args.path).resolve()
+    if not is_prepared(path):
+        console.print(f"[red]{path} has no config.json: not a Hugging Face model directory.[/red]")
+        return 2
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        row = session.get(Model, args.name) or session.query(Model).filter_by(id=args.name).first()
+        if row is None:
+            session.add(
+                Model(
+                    id=args.name,
+                    source="local",
+                    path=str(path),
+                    status="ready",
+                    owned_by="provider",
+                )
+            )
+        else:
+            row.path, row.source, row.status = str(path), "local", "ready"
+    console.print(f"Registered model {args.name!r} at {path}.")
+    return 0
+
+
+def _prepare_builtin(settings: Settings, name: str) -> Path:
+    from defense.modeling import prepare_builtin
+
+    target = settings.resolved_models_dir / name
+    if is_prepared(target):
+        return target
+    with console.status(f"Preparing base model {name} into {target} (once; about 20 s)…"):
+        path = prepare_builtin(name, settings.resolved_models_dir)
+    console.print(f"Base model {name} ready at {path}.")
+    return path
+
+
+def _first_admin_key(settings: Settings) -> None:
+    """Create an admin key on first start and save it (mode 0600) under FTAAS_HOME."""
+    key_file = settings.resolved_home / "admin.key"
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        if session.query(ApiKey).filter_by(is_admin=True).first() is not None:
+            if key_file.exists():
+                console.print(f"Admin API key: saved in {key_file}")
+            return
+        key = create_key(
+            session, tenant_name="admin", admin=True, secret=settings.resolved_key_secret()
+        )
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    console.print(f"[bold]Admin API key (shown once, also saved in {key_file}):[/bold]\n{key}")
+
+
+def _worker_argv(*, beat: bool, concurrency: int = 1) -> list[str]:
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--loglevel", "INFO", "--concurrency", str(concurrency), "-Q", "training",
+    ]  # fmt: skip
+    return argv + (["--beat"] if beat else [])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    _migrate(settings)
+    _first_admin_key(settings)
+    if not args.no_prepare:
+        _prepare_builtin(settings, settings.default_model)
+    # The worker gets its own session so Ctrl-C reaches only us; we then stop it ourselves.
+    worker = subprocess.Popen(_worker_argv(beat=True), start_new_session=True)
+    console.print(
+        f"API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs); "
+        f"one worker (pid {worker.pid}). Ctrl-C stops both."
+    )
+    try:
+        uvicorn.run(
+            "api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info"
+        )
+    finally:
+        _stop_process_group(worker)
+    return 0
+
+
+def _stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, _worker_argv(beat=args.beat, concurrency=args.concurrency))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="ftaas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "serve", help="embedded default: migrate, prepare the default model, API + one worker"
+    )
+    p.add_argument("--host", default=settings.api_host)
+    p.add_argument("--port", type=int, default=settings.api_port)
+    p.add_argument(
+        "--no-prepare", action="store_true", help="do not prepare the default base model now"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("api", help="run the API server only")
+    p.add_argument("--host", default=settings.api_host)
+    p.add_argument("--port", type=int, default=settings.api_port)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help="run one training worker (one per GPU)")
+    p.add_argument(
+        "--beat", action="store_true", help="also run the sweeper schedule in this worker"
+    )
+    p.add_argument("--concurrency", type=int, default=1)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("migrate", help="upgrade the database schema (or --downgrade REV)")
+    p.add_argument("--downgrade", metavar="REV")
+    p.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    p = keys.add_parser("create", help="create a key; prints it alone on the last line")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--admin", action="store_true")
+    p.set_defaults(func=cmd_keys_create)
+
+    models = sub.add_parser("models", help="base models").add_subparsers(
+        dest="models_command", required=True
+    )
+    models.add_parser("list", help="list registered base models").set_defaults(func=cmd_models_list)
+    p = models.add_parser("prepare", help="prepare a built-in model into the cache")
+    p.add_argument("name", choices=sorted(BUILTIN_MODELS))
+    p.set_defaults(func=cmd_models_prepare)
+    p = models.add_parser("register", help="register a local Hugging Face model directory")
+    p.add_argument("name")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_models_register)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
