@@ -26,7 +26,6 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         task_default_queue=TRAINING_QUEUE,
-        broker_transport_options={"polling_interval": 0.5},
         enable_utc=True,
     )
     return app
