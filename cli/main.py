@@ -18,7 +18,7 @@ from rich.table import Table
 
 from core import migrate
 from core.accounts import create_key
-from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_prepared
+from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_builtin_ready, is_prepared
 from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
 from core.models import ApiKey, Model
@@ -108,7 +108,7 @@ def _prepare_builtin(settings: Settings, name: str) -> Path:
     from defense.modeling import prepare_builtin
 
     target = settings.resolved_models_dir / name
-    if is_prepared(target):
+    if is_builtin_ready(target):
         return target
     with console.status(f"Preparing base model {name} into {target} (once; about 20 s)…"):
         path = prepare_builtin(name, settings.resolved_models_dir)

@@ -19,7 +19,9 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-gpt2": "tiny random GPT-2 with the GPT-2 tokenizer, for tests and quick trials",
 }
 
-COMPLETE_MARKER = ".complete"
+# Written last by defense.modeling when a built-in model is prepared: its presence means the
+# folder is complete, however the preparation was interrupted.
+BUILD_RECORD = "ftaas_build.json"
 
 
 def builtin_path(models_dir: Path, name: str) -> Path:
@@ -27,7 +29,12 @@ def builtin_path(models_dir: Path, name: str) -> Path:
 
 
 def is_prepared(path: Path) -> bool:
+    """A loadable Hugging Face model directory."""
     return (path / "config.json").exists()
+
+
+def is_builtin_ready(path: Path) -> bool:
+    return (path / BUILD_RECORD).exists()
 
 
 def ensure_builtin_models(session: Session, models_dir: Path) -> list[Model]:
@@ -35,7 +42,7 @@ def ensure_builtin_models(session: Session, models_dir: Path) -> list[Model]:
     rows = []
     for name in BUILTIN_MODELS:
         path = builtin_path(models_dir, name)
-        status = "ready" if is_prepared(path) else "pending"
+        status = "ready" if is_builtin_ready(path) else "pending"
         row = session.scalar(select(Model).where(Model.id == name))
         if row is None:
             row = Model(id=name, source="builtin", path=str(path), status=status, owned_by="system")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core.catalog import BUILTIN_MODELS, builtin_path, is_prepared
+from core.catalog import BUILTIN_MODELS, builtin_path, is_builtin_ready, is_prepared
 from core.config import Settings
 from core.db import session_factory, session_scope
 from core.models import Model
@@ -33,7 +33,7 @@ def resolve_base_model(
     if name not in BUILTIN_MODELS:
         raise ModelUnavailable(f"Model {name!r} is not registered.")
     target = builtin_path(settings.resolved_models_dir, name)
-    if not is_prepared(target):
+    if not is_builtin_ready(target):
         from defense.modeling import prepare_builtin
 
         if progress:
