@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/ruff check .
 
 typecheck: install
-	$(BIN)/mypy .
+	$(BIN)/mypy api core worker defense cli bench migrations
 
 imports: install
 	$(BIN)/lint-imports

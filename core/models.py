@@ -96,6 +96,7 @@ class File(Base):
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     line_errors: Mapped[list[Any] | None] = mapped_column(nullable=True)
     n_examples: Mapped[int] = mapped_column(Integer, default=0)
+    n_errors: Mapped[int] = mapped_column(Integer, default=0)  # line_errors holds the first ones
     data_format: Mapped[str | None] = mapped_column(
         String(32), nullable=True
     )  # chat | prompt_completion

@@ -15,12 +15,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.datasets import iter_examples
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
 from core.config import Settings
+from core.datasets import DatasetLimits, iter_examples
 from core.db import session_factory, session_scope
 from core.models import File, Job, Tenant
 from core.storage import ArtifactStore, file_key, job_dir_key
@@ -130,19 +130,19 @@ def _train(
 ) -> None:
     # Heavy imports stay here so that importing the worker package (e.g. for the sweeper) is cheap.
     import torch
-    from defense.data import Example
-    from defense.finetune import fit
-    from defense.lora import attach_lora
 
     from defense.config import FinetuneConfig, LoraSettings
+    from defense.finetune import fit, total_steps
+    from defense.lora import attach_lora
     from defense.modeling import load_base
 
     if settings.worker_threads:
         torch.set_num_threads(settings.worker_threads)
-    examples = [
-        Example(messages=tuple(messages))
-        for _, messages in iter_examples(store.read_stream(plan.training_key))
-    ]
+    from worker.examples import training_set
+
+    limits = DatasetLimits.from_settings(settings)
+    data = training_set(iter_examples(store.read_stream(plan.training_key), limits))
+    examples = data.examples
     if not examples:
         raise JobError(
             "invalid_training_file", "The training file has no valid examples.", "training_file"
@@ -164,15 +164,13 @@ def _train(
         ) from err
 
     base_path = resolve_base_model(plan.model, settings=settings, progress=reporter.message)
-    model, tokenizer = load_base(base_path)
-    model = attach_lora(model, LoraSettings())
-    model.to(_device(settings.device, torch))
+    base, tokenizer = load_base(base_path)
+    base.to(torch.device(_device(settings.device, torch)))  # type: ignore[arg-type]
+    model = attach_lora(base, LoraSettings(), seed=plan.seed)
 
     job_dir = store.path(job_dir_key(plan.job_id))
     reporter.begin(
-        total_steps=_total_steps(
-            len(examples), config.batch_size, config.grad_accum, config.n_epochs
-        ),
+        total_steps=total_steps(len(examples), config),
         checkpoint_name=lambda step: (
             fine_tuned_model_name(
                 base=plan.model, tenant=plan.tenant_name, suffix=plan.suffix, job_id=plan.job_id
@@ -196,7 +194,9 @@ def _train(
     adapter_dir = job_dir / "adapter"
     tmp = job_dir / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # safetensors PEFT directory: PeftModel.from_pretrained loads it
+    model.save_pretrained(
+        str(tmp)
+    )  # safetensors PEFT directory: PeftModel.from_pretrained loads it
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     tmp.rename(adapter_dir)
@@ -206,11 +206,6 @@ def _train(
         ),
         trained_tokens=int(result.trained_tokens),
     )
-
-
-def _total_steps(n_examples: int, batch_size: int, grad_accum: int, n_epochs: int) -> int:
-    per_epoch = -(-n_examples // (batch_size * grad_accum))
-    return per_epoch * n_epochs
 
 
 def _device(name: str, torch: object) -> str:

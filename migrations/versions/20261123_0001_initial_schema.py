@@ -98,6 +98,7 @@ def upgrade() -> None:
         sa.Column("status_details", sa.Text(), nullable=True),
         sa.Column("line_errors", sa.JSON(), nullable=True),
         sa.Column("n_examples", sa.Integer(), nullable=False),
+        sa.Column("n_errors", sa.Integer(), nullable=False),
         sa.Column("data_format", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("expires_at", sa.BigInteger(), nullable=True),

@@ -36,7 +36,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def service_settings(settings: Settings, models_dir: Path) -> Settings:
-    configured = settings.model_copy(update={"models_dir": models_dir})
+    configured = settings.model_copy(
+        update={"models_dir": models_dir, "base_learning_rate": 4e-3}  # tiny model: learn fast
+    )
     with session_scope(session_factory(configured.resolved_database_url)) as session:
         ensure_builtin_models(session, models_dir)
     return configured
@@ -80,6 +82,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         FTAAS_MODELS_DIR=str(settings.resolved_models_dir),
         FTAAS_HEARTBEAT_INTERVAL_S=str(settings.heartbeat_interval_s),
         FTAAS_CHECKPOINT_EVERY=str(settings.checkpoint_every),
+        FTAAS_BASE_LEARNING_RATE=str(settings.base_learning_rate),
         FTAAS_WORKER_THREADS="1",
         HF_HUB_OFFLINE="1",
         PYTHONPATH=str(REPO),

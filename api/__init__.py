@@ -1,0 +1,1 @@
+"""The HTTP API: OpenAI-compatible routes under /v1, provider routes under /admin."""

@@ -1,0 +1,85 @@
+"""Request dependencies as ``Annotated`` aliases: the session, settings, store, queue and caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import Forbidden, Unauthorized
+from api.queue import QueueClient
+from core.accounts import authenticate
+from core.config import Settings
+from core.models import ApiKey
+from core.storage import ArtifactStore
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key, sent as `Authorization: Bearer sk-ftaas-…`.",
+)
+
+
+# The cheap dependencies are ``async def`` so that FastAPI calls them on the event loop instead
+# of hopping to the thread pool for each one (the hops dominate a status poll's cost).
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    # Creating a Session does no I/O (it connects on first use); closing it returns the
+    # connection to the pool, which is I/O, so that part runs in the thread pool.
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+    finally:
+        await run_in_threadpool(session.close)
+
+
+async def get_store(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.store
+    return store
+
+
+async def get_queue(request: Request) -> QueueClient:
+    queue: QueueClient = request.app.state.queue
+    return queue
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+QueueDep = Annotated[QueueClient, Depends(get_queue)]
+
+
+def current_key(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> ApiKey:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized(
+            "You didn't provide an API key. Send it in an Authorization header using Bearer "
+            "auth (Authorization: Bearer YOUR_KEY)."
+        )
+    key = authenticate(session, key=credentials.credentials, secret=request.app.state.key_secret())
+    if key is None:
+        raise Unauthorized("Incorrect API key provided.")
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+async def admin_key(key: CurrentKey) -> ApiKey:
+    # Deny by default: only keys created as admin keys pass, whatever their tenant.
+    if not key.is_admin:
+        raise Forbidden("This route needs an admin API key.")
+    return key
+
+
+AdminKey = Annotated[ApiKey, Depends(admin_key)]

@@ -1,0 +1,92 @@
+"""The application factory: ``create_app(settings)`` wires settings, database, storage, queue,
+error handling and the routers. Nothing here runs at import time."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api.admin.endpoints import router as admin_router
+from api.errors import install_error_handlers
+from api.files.endpoints import router as files_router
+from api.health import router as health_router
+from api.jobs.endpoints import router as jobs_router
+from api.limits import BodySizeLimit
+from api.models.endpoints import router as models_router
+from api.queue import QueueClient
+from core.config import Settings, get_settings
+from core.db import session_factory
+from core.storage import ArtifactStore
+
+DESCRIPTION = """\
+A self-hostable fine-tuning service with OpenAI's `/v1/files`, `/v1/fine_tuning/jobs` and
+`/v1/models` routes: the official `openai` SDK works against it unmodified. Authenticate with
+`Authorization: Bearer <key>`. Every error has the shape
+`{"error": {"message", "type", "param", "code"}}`; state conflicts are 409 with
+`x-should-retry: false`. Extension fields (`defense`, `attempt`, file `errors`, …) are additions,
+never changes, to OpenAI's objects."""
+
+
+def _cached(fn: Callable[[], bytes]) -> Callable[[], bytes]:
+    lock = threading.Lock()
+    value: list[bytes] = []
+
+    def get() -> bytes:
+        if not value:
+            with lock:
+                if not value:
+                    value.append(fn())
+        return value[0]
+
+    return get
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a 422 on every route; this API answers bad input with a 400 envelope
+    instead, so the 422 entries and their schemas are dropped from the document."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.session_factory = session_factory(settings.resolved_database_url)
+    app.state.store = ArtifactStore(settings.resolved_artifacts_dir)
+    app.state.queue = QueueClient(settings)
+    app.state.key_secret = _cached(settings.resolved_key_secret)
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
+
+    v1 = APIRouter(prefix="/v1")
+    v1.include_router(files_router)
+    v1.include_router(jobs_router)
+    v1.include_router(models_router)
+    app.include_router(v1)
+    app.include_router(admin_router)
+    app.include_router(health_router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app
