@@ -59,6 +59,8 @@ class Tenant(Base):
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("org"))
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # Per-tenant release policy, overriding settings (e.g. {"safety_gate_margin": 0.05}).
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
@@ -100,6 +102,9 @@ class File(Base):
     data_format: Mapped[str | None] = mapped_column(
         String(32), nullable=True
     )  # chat | prompt_completion
+    # Upload-time screening: every line scored with the pre-aligned model's likelihood ratio.
+    safety_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    safety_report: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -112,11 +117,22 @@ class Model(Base):
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(128), unique=True)  # the name users pass as `model`
-    source: Mapped[str] = mapped_column(String(32))  # builtin | local
+    source: Mapped[str] = mapped_column(String(32))  # builtin | local | aligned
     path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="ready")  # pending | ready | error
     owned_by: Mapped[str] = mapped_column(String(64), default="system")
     lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    kind: Mapped[str] = mapped_column(String(16), default="base")  # base | aligned
+    # An aligned model is its base model plus a LoRA adapter (stage 1 of the defense).
+    base_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    method: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    alignment_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Safety scores of this model before any user fine-tuning (harmful_score, over_refusal, ...).
+    safety: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # Provider policy for jobs naming this model: {"serve": <aligned id>, "defense": ...,
+    # "allow_sft": bool, "tau": float}; settings supply what is not set here.
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
@@ -136,7 +152,15 @@ class Job(Base):
     )  # as requested ("auto" kept)
     resolved_hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     method: Mapped[str] = mapped_column(String(32), default="supervised")
+    kind: Mapped[str] = mapped_column(String(16), default="fine_tune")  # fine_tune | alignment
     defense: Mapped[str] = mapped_column(String(32), default="sft")
+    defense_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The model the job actually trains: the pre-aligned model serving `model`, when there is one.
+    served_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Starting-model and final safety scores, and the release-gate decision.
+    safety: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # Training lines the defense down-weighted most: [{"line", "weight", "relative_weight"}].
+    flagged_lines: Mapped[list[Any] | None] = mapped_column(nullable=True)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(BigInteger)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", nullable=True)
@@ -185,4 +209,6 @@ class Checkpoint(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256))
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    safety: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    deployable: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
