@@ -12,6 +12,7 @@ from core.config import Settings
 
 TASK_RUN_JOB = "ftaas.jobs.run"
 TASK_SWEEP = "ftaas.jobs.sweep"
+TASK_SCREEN_FILE = "ftaas.files.screen"
 TRAINING_QUEUE = "training"
 
 
@@ -33,3 +34,7 @@ def make_celery(settings: Settings) -> Celery:
 
 def send_run_job(app: Celery, job_id: str) -> None:
     app.send_task(TASK_RUN_JOB, args=[job_id], queue=TRAINING_QUEUE)
+
+
+def send_screen_file(app: Celery, file_id: str) -> None:
+    app.send_task(TASK_SCREEN_FILE, args=[file_id], queue=TRAINING_QUEUE)
