@@ -23,7 +23,27 @@ from core.db import engine_for
 PG_ADMIN_URL = os.environ.get(
     "FTAAS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("FTAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_BASE_URL = os.environ.get("FTAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database index claimed for this test session (1-15), so that test sessions
+    running side by side on one machine never consume or flush each other's messages."""
+    import redis
+
+    token = secrets.token_hex(8)
+    for index in range(1, 16):
+        url = f"{REDIS_BASE_URL}/{index}"
+        client = redis.Redis.from_url(url)
+        if client.set("ftaas-test-session", token, nx=True, ex=6 * 3600):
+            try:
+                yield url
+            finally:
+                if client.get("ftaas-test-session") == token.encode():
+                    client.flushdb()
+            return
+    pytest.fail("no free Redis database index (1-15) for this test session")
 
 
 @pytest.fixture(scope="session")
@@ -76,10 +96,13 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
     else:
         url = request.getfixturevalue("_migrated_pg")
         _reset_tables(url)
-        broker = REDIS_URL
+        broker = request.getfixturevalue("redis_url")
         import redis
 
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        client = redis.Redis.from_url(broker)
+        for key in client.scan_iter():
+            if key != b"ftaas-test-session":
+                client.delete(key)
     return Settings(
         home=home,
         database_url=url,
