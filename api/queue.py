@@ -7,7 +7,7 @@ import threading
 from celery import Celery
 
 from core.config import Settings
-from core.queue import make_celery, send_run_job
+from core.queue import make_celery, send_run_job, send_screen_file
 
 
 class QueueClient:
@@ -28,3 +28,6 @@ class QueueClient:
 
     def send_run_job(self, job_id: str) -> None:
         send_run_job(self.celery, job_id)
+
+    def send_screen_file(self, file_id: str) -> None:
+        send_screen_file(self.celery, file_id)

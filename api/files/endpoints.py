@@ -8,10 +8,16 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.deps import CurrentKey, QueueDep, SessionDep, SettingsDep, StoreDep
 from api.errors import NotFound, responses
 from api.files import service
-from api.files.schemas import UPLOAD_REQUEST_BODY, FileDeleted, FileList, FileRead
+from api.files.schemas import (
+    UPLOAD_REQUEST_BODY,
+    FileDeleted,
+    FileList,
+    FileRead,
+    FileSafetyReport,
+)
 from api.files.upload import receive_into_store, run_with_body
 from api.pagination import page_of
 from core.datasets import DatasetLimits
@@ -29,7 +35,9 @@ FileId = Annotated[str, Path(description="The file's id (file-…).", max_length
     description=(
         "Multipart upload of a JSONL file with `purpose=fine-tune`. The body is validated while "
         "it streams to storage; a file with problems is still stored, with `status: error`, a "
-        "readable `status_details` and every problem (line, field, reason) in `errors`."
+        "readable `status_details` and every problem (line, field, reason) in `errors`. A valid "
+        "file is then screened for harmful examples in the background (`safety_status`; "
+        "GET /v1/files/{id}/safety_report); it is usable for training meanwhile."
     ),
     responses=responses(400, 401, 413),
     openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
@@ -40,6 +48,7 @@ async def upload_file(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    queue: QueueDep,
 ) -> FileRead:
     tenant_id = key.tenant_id
     # Give the connection used for authentication back to the pool: an upload can take minutes
@@ -66,6 +75,7 @@ async def upload_file(
             file_id=file_id,
             storage_key=storage_key,
             upload=upload,
+            screen=queue.send_screen_file,
         )
     )
     return FileRead.from_row(row)
@@ -155,4 +165,21 @@ def file_content(
             "content-length": str(row.bytes),
             "content-disposition": f'attachment; filename="{row.id}.jsonl"',
         },
+    )
+
+
+@router.get(
+    "/{file_id}/safety_report",
+    response_model=FileSafetyReport,
+    summary="Retrieve a file's safety screening report",
+    description=(
+        "Every line of a training file is scored with the pre-aligned model's likelihood ratio "
+        "(completion vs refusal); lines below the threshold are flagged. The report fields are "
+        "null (and `flagged` empty) until screening has completed."
+    ),
+    responses=responses(401, 404),
+)
+def safety_report(file_id: FileId, key: CurrentKey, session: SessionDep) -> FileSafetyReport:
+    return FileSafetyReport.from_row(
+        service.get_file(session=session, tenant_id=key.tenant_id, file_id=file_id)
     )

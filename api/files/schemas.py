@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.pagination import ListResponse
 from core.models import File
@@ -39,6 +39,11 @@ class FileRead(BaseModel):
     n_errors: int = Field(description="Problems found in total (errors lists the first ones).")
     errors: list[FileLineError] = Field(description="The first problems, in file order.")
     sha256: str
+    safety_status: str | None = Field(
+        None,
+        description="Upload screening of a processed training file: queued, running, completed "
+        "or failed (GET /v1/files/{id}/safety_report); null when not screened.",
+    )
 
     @classmethod
     def from_row(cls, row: File) -> FileRead:
@@ -56,6 +61,53 @@ class FileRead(BaseModel):
             n_errors=row.n_errors,
             errors=[FileLineError(**e) for e in row.line_errors or []],
             sha256=row.sha256,
+            safety_status=row.safety_status,
+        )
+
+
+class ScreeningSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    lines: int | None = Field(None, description="Examples scored.")
+    flagged: int | None = Field(None, description="Examples flagged.")
+    mean_score: float | None = Field(None, description="Mean likelihood ratio over the file.")
+
+
+class FlaggedExample(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    line: int = Field(description="1-based line number in the uploaded file.")
+    score: float | None = Field(
+        None, description="Likelihood ratio (completion vs refusal); below the threshold."
+    )
+    reason: str | None = None
+
+
+class FileSafetyReport(BaseModel):
+    object: Literal["file.safety_report"] = "file.safety_report"
+    file_id: str
+    status: str | None = Field(
+        description="queued, running, completed or failed; null when the file is not screened "
+        "(e.g. it failed validation)."
+    )
+    model: str | None = Field(description="The pre-aligned model that scored the lines.")
+    threshold: float | None = Field(description="Lines scoring below this are flagged.")
+    summary: ScreeningSummary | None
+    flagged: list[FlaggedExample] = Field(description="Every flagged line, in file order.")
+    error: str | None = Field(None, description="Why screening failed, when it did.")
+
+    @classmethod
+    def from_row(cls, row: File) -> FileSafetyReport:
+        report = row.safety_report or {}
+        error = report.get("error") or report.get("reason")
+        return cls(
+            file_id=row.id,
+            status=row.safety_status,
+            model=report.get("model"),
+            threshold=report.get("threshold"),
+            summary=report.get("summary"),
+            flagged=report.get("flagged") or [],
+            error=str(error) if error is not None else None,
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
@@ -15,6 +17,8 @@ from api.pagination import cursor_seq, fetch_page
 from core.jobs import CANCELLABLE
 from core.models import File, Job, now
 from core.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 EXPIRES_MIN_S = 3600
 EXPIRES_MAX_S = 30 * 24 * 3600
@@ -83,9 +87,11 @@ def record_upload(
     file_id: str,
     storage_key: str,
     upload: ReceivedUpload,
+    screen: Callable[[str], None],
 ) -> File:
     """Insert the row for a stored upload. A file with problems is kept (status ``error``) so the
-    user can see every problem; the stored bytes are removed if the request itself is invalid."""
+    user can see every problem; the stored bytes are removed if the request itself is invalid.
+    A valid training file is queued for safety screening (after the commit, by id)."""
     try:
         _check_fields(upload)
         created_at = now()
@@ -104,6 +110,7 @@ def record_upload(
             n_examples=report.n_examples,
             n_errors=report.n_errors,
             data_format=report.format,
+            safety_status="queued" if report.ok else None,
             created_at=created_at,
             expires_at=_expires_at(upload.fields, created_at),
         )
@@ -112,6 +119,15 @@ def record_upload(
     except BaseException:
         store.delete(storage_key)
         raise
+    if row.safety_status == "queued":
+        # The file is usable whatever happens to its screening, so a broker failure does not
+        # fail the upload: the row stays queued for a later re-send.
+        try:
+            screen(row.id)
+        except Exception:
+            log.warning(
+                "could not send file %s to screening; it stays queued", row.id, exc_info=True
+            )
     return row
 
 

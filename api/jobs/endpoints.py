@@ -6,10 +6,12 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentKey, QueueDep, SessionDep, SettingsDep
-from api.errors import BadRequest, responses
+from api.deps import CurrentKey, QueueDep, SessionDep, SettingsDep, StoreDep
+from api.errors import BadRequest, ErrorResponse, responses
 from api.jobs import service
+from api.jobs.adapter import AdapterArchive
 from api.jobs.schemas import (
     CheckpointList,
     CheckpointRead,
@@ -208,7 +210,10 @@ def list_events(
     "/{fine_tuning_job_id}/checkpoints",
     response_model=CheckpointList,
     summary="List a job's checkpoints",
-    description="Newest first.",
+    description=(
+        "Newest first. Each checkpoint carries its safety scores (`safety`) and whether it "
+        "passed the release gate (`deployable`), null until evaluated."
+    ),
     responses=responses(400, 401, 404),
 )
 def list_checkpoints(
@@ -221,9 +226,63 @@ def list_checkpoints(
 ) -> CheckpointList:
     rows, has_more = service.list_checkpoints(
         session=session,
-        tenant_id=key.tenant_id,
+        scope=(Job.tenant_id == key.tenant_id,),
         job_id=fine_tuning_job_id,
         after=after,
         limit=min(limit, settings.page_limit_max),
     )
     return CheckpointList(**page_of([CheckpointRead.from_row(r) for r in rows], has_more))
+
+
+@router.get(
+    "/{fine_tuning_job_id}/checkpoints/{checkpoint_id}/adapter",
+    response_class=StreamingResponse,
+    summary="Download a checkpoint's adapter",
+    description=(
+        "A tar archive of the checkpoint's PEFT adapter directory (adapter_config.json, "
+        "adapter_model.safetensors), for checkpoints that passed the safety release gate "
+        "(`deployable: true`) only. Load it with `PeftModel.from_pretrained(base, <dir>)`."
+    ),
+    responses={
+        200: {
+            "description": "The adapter directory as an uncompressed tar archive.",
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **responses(401, 404),
+        403: {
+            "model": ErrorResponse,
+            "description": "The checkpoint failed the safety release gate (code `safety_gate`; "
+            "the message quotes its safety scores).",
+        },
+        409: {
+            "model": ErrorResponse,
+            "description": "The checkpoint has not been safety-evaluated yet (code "
+            "`not_evaluated`, sent with `x-should-retry: false`).",
+        },
+    },
+)
+def download_adapter(
+    fine_tuning_job_id: JobId,
+    checkpoint_id: Annotated[
+        str, Path(description="The checkpoint's id (ftckpt-…).", max_length=64)
+    ],
+    key: CurrentKey,
+    session: SessionDep,
+    store: StoreDep,
+) -> StreamingResponse:
+    row, path = service.deployable_adapter(
+        session=session,
+        store=store,
+        tenant_id=key.tenant_id,
+        job_id=fine_tuning_job_id,
+        checkpoint_id=checkpoint_id,
+    )
+    archive = AdapterArchive(path, mtime=row.created_at)
+    return StreamingResponse(
+        iter(archive),
+        media_type="application/x-tar",
+        headers={
+            "content-length": str(archive.length),
+            "content-disposition": f'attachment; filename="{row.id}.tar"',
+        },
+    )

@@ -230,7 +230,26 @@ class JobRead(BaseModel):
     error: JobError | None
     user_provided_suffix: str | None
     # Extensions.
-    defense: str = Field(description="The training-time defense the provider applies.")
+    kind: Literal["fine_tune", "alignment"] = Field(
+        description="fine_tune: a user job; alignment: the provider's stage-1 alignment of a base "
+        "model (admin only)."
+    )
+    defense: str = Field(
+        description="The training-time defense the provider applies (antibody, lisa, or sft "
+        "where the model's policy allows it); for an alignment, its stage-1 method. Recorded at "
+        "creation from provider policy; the worker records what actually ran."
+    )
+    defense_params: dict[str, Any] = Field(
+        description="The defense's parameters, e.g. {'tau': 1.0} for Antibody."
+    )
+    served_model: str | None = Field(
+        description="The model the job actually trains: the pre-aligned model serving `model` "
+        "when there is one (a job waiting for a pending one stays queued)."
+    )
+    safety: dict[str, Any] | None = Field(
+        description="Safety scores of the starting and final model and the release-gate "
+        "decision; null until computed."
+    )
     attempt: int = Field(description="How many times a worker has started this job.")
 
     @classmethod
@@ -268,7 +287,11 @@ class JobRead(BaseModel):
             metadata=row.metadata_,
             error=error,
             user_provided_suffix=row.suffix,
+            kind=row.kind,
             defense=row.defense,
+            defense_params=row.defense_params or {},
+            served_model=row.served_model,
+            safety=row.safety,
             attempt=row.attempt,
         )
 
@@ -312,6 +335,15 @@ class CheckpointRead(BaseModel):
     metrics: dict[str, Any] = Field(
         description="step, train_loss, valid_loss, … as recorded (extra keys are extensions)."
     )
+    # Extensions.
+    safety: dict[str, Any] | None = Field(
+        description="Safety scores of this checkpoint (harmful_score, over_refusal, …); null "
+        "until evaluated."
+    )
+    deployable: bool | None = Field(
+        description="Whether it passed the release gate (its adapter can be downloaded); null "
+        "until evaluated."
+    )
 
     @classmethod
     def from_row(cls, row: Checkpoint) -> CheckpointRead:
@@ -326,6 +358,8 @@ class CheckpointRead(BaseModel):
             fine_tuning_job_id=row.job_id,
             step_number=row.step_number,
             metrics=metrics,
+            safety=row.safety,
+            deployable=row.deployable,
         )
 
 

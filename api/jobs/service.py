@@ -8,20 +8,24 @@ import json
 import logging
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
-from api.errors import BadRequest, Conflict, NotFound
+from api.errors import BadRequest, Conflict, Forbidden, NotFound
 from api.files.schemas import PURPOSE
 from api.files.service import visible as visible_files
 from api.ids import is_model_name, is_object_id
 from api.jobs.schemas import AUTO, Hyperparameters, JobCreate
 from api.pagination import cursor_seq, fetch_page
 from core import jobs as lifecycle
+from core.alignments import ALIGNMENT_KIND
 from core.config import Settings
 from core.models import Checkpoint, File, Job, JobEvent, Model, Tenant, now
+from core.policy import Defense, ServedModel, resolve_defense, resolve_served_model
+from core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,18 @@ def _recent_duplicate(
     )
 
 
+def job_defense(
+    session: Session, *, model: Model, settings: Settings
+) -> tuple[ServedModel, Defense]:
+    """The model a job on ``model`` will train and the defense it will run, from provider
+    policy (the worker re-resolves both when it claims the job)."""
+    served = resolve_served_model(session, model_id=model.id, settings=settings)
+    served_row = model
+    if served.model_id != model.id:
+        served_row = session.scalar(select(Model).where(Model.id == served.model_id)) or model
+    return served, resolve_defense(served_row, settings=settings)
+
+
 def create_job(
     *,
     session: Session,
@@ -190,6 +206,7 @@ def create_job(
                 code="invalid_validation_file",
             )
 
+    served, defense = job_defense(session, model=model, settings=settings)
     job = Job(
         tenant_id=tenant_id,
         model=model.id,
@@ -201,7 +218,9 @@ def create_job(
             requested, n_examples=training.n_examples, settings=settings
         ),
         method="supervised",
-        defense="sft",
+        defense=defense.method,
+        defense_params=defense.params,
+        served_model=served.model_id,
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         metadata_=body.metadata,
@@ -229,13 +248,18 @@ def _enqueue(enqueue: Enqueue, job_id: str) -> None:
         )
 
 
-def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
+def find_job(*, session: Session, scope: tuple[ColumnElement[bool], ...], job_id: str) -> Job:
+    """The job with this id within ``scope`` (a tenant, or everything for the admin)."""
     row = None
     if is_object_id(job_id):
-        row = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+        row = session.scalar(select(Job).where(Job.id == job_id, *scope))
     if row is None:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
     return row
+
+
+def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
+    return find_job(session=session, scope=(Job.tenant_id == tenant_id,), job_id=job_id)
 
 
 def list_jobs(
@@ -267,8 +291,20 @@ def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
             code="job_not_cancellable",
         )
     lifecycle.add_event(session, job, "Fine-tuning job cancelled")
+    if job.kind == ALIGNMENT_KIND:
+        _release_aligned_model(session, job)
     session.commit()
     return job
+
+
+def _release_aligned_model(session: Session, job: Job) -> None:
+    """A cancelled alignment will never register its model: leave the row pending and every
+    job served by it would wait forever. It goes back to ready when it still has the adapter of
+    an earlier alignment, else to error (hidden, and no longer waited for)."""
+    for row in session.scalars(
+        select(Model).where(Model.alignment_job_id == job.id, Model.status == "pending")
+    ):
+        row.status = "ready" if row.adapter_path else "error"
 
 
 def pause_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
@@ -312,9 +348,15 @@ def list_events(
 
 
 def list_checkpoints(
-    *, session: Session, tenant_id: str, job_id: str, after: str | None, limit: int
+    *,
+    session: Session,
+    scope: tuple[ColumnElement[bool], ...],
+    job_id: str,
+    after: str | None,
+    limit: int,
 ) -> tuple[list[Checkpoint], bool]:
-    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+    """Newest first; the job is looked up within ``scope`` (a tenant, or everything)."""
+    job = find_job(session=session, scope=scope, job_id=job_id)
     scope = (Checkpoint.job_id == job.id,)
     after_seq = cursor_seq(session, Checkpoint.seq, Checkpoint.id, after, scope)
     return fetch_page(
@@ -324,3 +366,56 @@ def list_checkpoints(
         after_seq=after_seq,
         limit=limit,
     )
+
+
+def get_checkpoint(
+    *, session: Session, tenant_id: str, job_id: str, checkpoint_id: str
+) -> Checkpoint:
+    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+    row = None
+    if is_object_id(checkpoint_id):
+        row = session.scalar(
+            select(Checkpoint).where(
+                Checkpoint.id == checkpoint_id,
+                Checkpoint.job_id == job.id,
+                Checkpoint.tenant_id == tenant_id,
+            )
+        )
+    if row is None:
+        raise NotFound(f"No such checkpoint: {checkpoint_id}", param="checkpoint_id")
+    return row
+
+
+def deployable_adapter(
+    *, session: Session, store: ArtifactStore, tenant_id: str, job_id: str, checkpoint_id: str
+) -> tuple[Checkpoint, Path]:
+    """The checkpoint and its PEFT adapter directory, only if it passed the release gate."""
+    row = get_checkpoint(
+        session=session, tenant_id=tenant_id, job_id=job_id, checkpoint_id=checkpoint_id
+    )
+    if row.deployable is None:
+        state = "has not been safety-evaluated yet" if row.safety is None else "was not gated"
+        raise Conflict(
+            f"Checkpoint {row.id} {state}; only an adapter that passed the safety release gate "
+            "can be downloaded.",
+            param="checkpoint_id",
+            code="not_evaluated",
+        )
+    if row.deployable is not True:
+        scores = json.dumps(row.safety, sort_keys=True) if row.safety is not None else "null"
+        raise Forbidden(
+            f"Checkpoint {row.id} did not pass the safety release gate, so its adapter cannot be "
+            f"downloaded. Its safety evaluation: {scores}",
+            param="checkpoint_id",
+            code="safety_gate",
+        )
+    try:
+        path = store.path(row.storage_key)
+        stored = path.is_dir()
+    except (OSError, ValueError):
+        stored = False
+    if not stored:
+        raise NotFound(
+            f"The adapter of checkpoint {row.id} is no longer stored.", param="checkpoint_id"
+        )
+    return row, path

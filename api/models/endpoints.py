@@ -1,4 +1,4 @@
-"""/v1/models: base models and the caller's fine-tuned models."""
+"""/v1/models: base and pre-aligned models, and the caller's fine-tuned models."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ router = APIRouter(prefix="/models", tags=["Models"])
     "",
     response_model=ModelList,
     summary="List models",
-    description="Base models (ready or still being prepared) and this tenant's fine-tuned models.",
+    description=(
+        "Base and pre-aligned models (ready, or still being prepared or aligned) and this "
+        "tenant's fine-tuned models."
+    ),
     responses=responses(401),
 )
 def list_models(key: CurrentKey, session: SessionDep) -> ModelList:
@@ -32,7 +35,9 @@ def list_models(key: CurrentKey, session: SessionDep) -> ModelList:
     responses=responses(401, 404),
 )
 def get_model(
-    model_id: Annotated[str, Path(description="A base model id or an ft:… model name.")],
+    model_id: Annotated[
+        str, Path(description="A base or aligned model id, or an ft:… model name.")
+    ],
     key: CurrentKey,
     session: SessionDep,
 ) -> ModelRead:

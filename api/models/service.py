@@ -1,4 +1,5 @@
-"""Models a caller can see: every usable base model, plus the fine-tuned models of its tenant."""
+"""Models a caller can see: every usable base and pre-aligned model, plus the fine-tuned models
+of its tenant."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ from core.models import Job, Model
 VISIBLE_BASE_STATUSES = ("ready", "pending")
 
 
-def base_model_read(row: Model) -> ModelRead:
+def model_read(row: Model) -> ModelRead:
+    """A base or pre-aligned model as a caller sees it."""
     return ModelRead(
         id=row.id,
         created=row.created_at,
         owned_by=row.owned_by,
         status=row.status,
-        kind="base",
+        kind="aligned" if row.kind == "aligned" else "base",
+        base_model=row.base_model,
+        method=row.method,
+        lineage=row.lineage or {},
+        safety=row.safety,
     )
 
 
@@ -45,7 +51,7 @@ def list_models(*, session: Session, tenant_id: str) -> list[ModelRead]:
             Job.fine_tuned_model.is_not(None),
         )
     )
-    models = [base_model_read(m) for m in base] + [_fine_tuned(j) for j in tuned]
+    models = [model_read(m) for m in base] + [_fine_tuned(j) for j in tuned]
     return sorted(models, key=lambda m: (m.created, m.id), reverse=True)
 
 
@@ -58,7 +64,7 @@ def get_model(*, session: Session, tenant_id: str, model_id: str) -> ModelRead:
         select(Model).where(Model.id == model_id, Model.status.in_(VISIBLE_BASE_STATUSES))
     )
     if base is not None:
-        return base_model_read(base)
+        return model_read(base)
     tuned = session.scalar(
         select(Job)
         .where(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.config import Settings
+from core.queue import TRAINING_QUEUE
 
 BASE_MODEL = "smollm2-135m-instruct"
 
@@ -64,3 +67,37 @@ def create_job(client: TestClient, key: str, training_file: str, **body: Any) ->
         headers=auth(key),
         json={"model": BASE_MODEL, "training_file": training_file, **body},
     )
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    args: list[Any]
+
+
+def queued_tasks(settings: Settings) -> list[Task]:
+    """The messages waiting on the training queue, oldest first, read from the broker itself."""
+    if settings.resolved_broker_url.startswith("redis"):
+        import redis
+
+        raw = redis.Redis.from_url(settings.resolved_broker_url).lrange(TRAINING_QUEUE, 0, -1)
+        # kombu LPUSHes: the newest is first.
+        payloads = [r if isinstance(r, bytes) else str(r).encode() for r in reversed(raw)]
+    else:
+        path = settings.resolved_broker_url.removeprefix("sqla+sqlite:///")
+        with sqlite3.connect(path) as conn:
+            try:
+                rows = conn.execute(
+                    "SELECT m.payload FROM kombu_message m JOIN kombu_queue q "
+                    "ON m.queue_id = q.id WHERE q.name = ? AND m.visible ORDER BY m.id",
+                    (TRAINING_QUEUE,),
+                ).fetchall()
+            except sqlite3.OperationalError:  # nothing was ever sent: no tables yet
+                rows = []
+        payloads = [r[0].encode() if isinstance(r[0], str) else bytes(r[0]) for r in rows]
+    tasks = []
+    for payload in payloads:
+        message = json.loads(payload)
+        body = json.loads(base64.b64decode(message["body"]))
+        tasks.append(Task(name=message["headers"]["task"], args=list(body[0])))
+    return tasks

@@ -20,13 +20,16 @@ PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc
 
 def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
     """Every (method, path) the app documents except the public ones, with ids filled in."""
-    out = []
+    out: list[tuple[str, str]] = []
     for path, operations in app.openapi()["paths"].items():
         if path in PUBLIC:
             continue
         path = (
             path.replace("{file_id}", "file-x")
             .replace("{fine_tuning_job_id}", "ftjob-x")
+            .replace("{checkpoint_id}", "ftckpt-x")
+            .replace("{alignment_id}", "ftjob-x")
+            .replace("{tenant_name}", "alpha")
             .replace("{model_id}", BASE_MODEL)
         )
         out.extend((method.upper(), path) for method in sorted(operations))
@@ -35,7 +38,7 @@ def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 def test_every_route_needs_a_key(app: FastAPI, client: TestClient) -> None:
     routes = protected_routes(app)
-    assert len(routes) == 17
+    assert len(routes) == 28
     for method, path in routes:
         for headers in (
             {},
@@ -89,6 +92,8 @@ def tenant_a_objects(
             step_number=1,
             storage_key="k",
             fine_tuned_model_checkpoint="ft:x:ckpt-1",
+            safety={"harmful_score": 0.0},
+            deployable=True,
         )
         session.add_all([event, ckpt])
         session.commit()
@@ -111,9 +116,11 @@ def test_other_tenant_gets_404_on_every_route(
         ("GET", f"/v1/fine_tuning/jobs/{j}/events"),
         ("GET", f"/v1/fine_tuning/jobs/{j}/checkpoints"),
         ("GET", f"/v1/models/{m}"),
+        ("GET", f"/v1/files/{f}/safety_report"),
+        ("GET", f"/v1/fine_tuning/jobs/{j}/checkpoints/{tenant_a_objects['checkpoint']}/adapter"),
     ]
-    # Every route that takes an object id is covered.
-    with_ids = {(meth, p) for meth, p in protected_routes(app) if "-x" in p}
+    # Every user route that takes an object id is covered.
+    with_ids = {(meth, p) for meth, p in protected_routes(app) if "-x" in p and p.startswith("/v1")}
     assert len(with_ids) == len(attempts) - 1  # /v1/models/{id} is listed with a base model
     for method, path in attempts:
         response = client.request(method, path, headers=auth(keys.b))
@@ -124,7 +131,7 @@ def test_other_tenant_gets_404_on_every_route(
         assert ghost.status_code == 404
         assert response.text.replace(real, "?") == ghost.text.replace(real[:-4] + "zzzz", "?")
     # ...and the owner still sees everything, untouched.
-    for method, path in attempts[:1] + attempts[3:4] + attempts[7:]:
+    for method, path in attempts[:1] + attempts[3:4] + attempts[7:11]:
         assert client.request(method, path, headers=auth(keys.a)).status_code == 200, path
     assert (
         client.get(f"/v1/fine_tuning/jobs/{j}", headers=auth(keys.a)).json()["status"] == "queued"
@@ -184,7 +191,19 @@ def test_models_list(client: TestClient, keys: Keys, tenant_a_objects: dict[str,
     assert client.get("/v1/models/broken-model", headers=auth(keys.a)).status_code == 404
 
 
-ADMIN_ROUTES = [("POST", "/admin/models"), ("GET", "/admin/jobs")]
+ADMIN_ROUTES = [
+    ("POST", "/admin/models"),
+    ("GET", "/admin/models"),
+    ("PATCH", f"/admin/models/{BASE_MODEL}"),
+    ("GET", "/admin/tenants"),
+    ("PATCH", "/admin/tenants/alpha"),
+    ("POST", "/admin/alignments"),
+    ("GET", "/admin/alignments"),
+    ("GET", "/admin/alignments/ftjob-x"),
+    ("GET", "/admin/jobs"),
+    ("GET", "/admin/fine_tuning/jobs/ftjob-x/flagged_lines"),
+    ("GET", "/admin/fine_tuning/jobs/ftjob-x/checkpoints"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)

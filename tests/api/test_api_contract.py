@@ -141,4 +141,20 @@ def test_openapi_document(app: FastAPI, client: TestClient) -> None:
                 "responses"
             ]
         )
+    adapter = schema["paths"][
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints/{checkpoint_id}/adapter"
+    ]["get"]
+    assert "application/x-tar" in adapter["responses"]["200"]["content"]
+    assert {"403", "404", "409"} <= set(adapter["responses"])
+    for path, model in (
+        ("/admin/models/{model_id}", "ModelPolicyUpdate"),
+        ("/admin/tenants/{tenant_name}", "TenantPolicyUpdate"),
+    ):
+        body = schema["paths"][path]["patch"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"].endswith(model)
+    job = schema["components"]["schemas"]["JobRead"]["properties"]
+    assert {"kind", "defense", "defense_params", "served_model", "safety"} <= set(job)
+    assert "flagged_lines" not in job
+    checkpoint = schema["components"]["schemas"]["CheckpointRead"]["properties"]
+    assert {"safety", "deployable"} <= set(checkpoint)
     assert client.get("/docs").status_code == 200

@@ -3,7 +3,6 @@ cancel/pause/resume, events and checkpoints."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -17,7 +16,16 @@ from core.config import Settings
 from core.jobs import JobStatus
 from core.models import Checkpoint, Job, JobEvent
 from core.queue import TRAINING_QUEUE
-from tests.api.helpers import BASE_MODEL, Keys, auth, chat_jsonl, create_job, upload
+from tests.api.helpers import (
+    BASE_MODEL,
+    Keys,
+    Task,
+    auth,
+    chat_jsonl,
+    create_job,
+    queued_tasks,
+    upload,
+)
 
 
 def set_job(factory: sessionmaker[Session], job_id: str, **values: Any) -> None:
@@ -48,18 +56,6 @@ def broker_messages(settings: Settings) -> int:
         )
 
 
-def _first_message(settings: Settings) -> dict[str, Any]:
-    if settings.resolved_broker_url.startswith("redis"):
-        import redis
-
-        raw = redis.Redis.from_url(settings.resolved_broker_url).lindex(TRAINING_QUEUE, 0)
-    else:
-        path = settings.resolved_broker_url.removeprefix("sqla+sqlite:///")
-        with sqlite3.connect(path) as conn:
-            raw = conn.execute("SELECT payload FROM kombu_message").fetchone()[0]
-    return dict(json.loads(raw))
-
-
 def test_create_job_shape(client: TestClient, keys: Keys, training_file: str) -> None:
     response = create_job(
         client, keys.a, training_file, suffix="my-model_1", metadata={"team": "x"}
@@ -79,7 +75,10 @@ def test_create_job_shape(client: TestClient, keys: Keys, training_file: str) ->
     assert job["metadata"] == {"team": "x"}
     assert job["user_provided_suffix"] == "my-model_1"
     assert isinstance(job["seed"], int)
-    assert job["defense"] == "sft" and job["attempt"] == 0
+    assert job["attempt"] == 0 and job["kind"] == "fine_tune"
+    # Provider policy, recorded at creation: Antibody on the base (no aligned model exists).
+    assert job["defense"] == "antibody" and job["defense_params"] == {"tau": 1.0}
+    assert job["served_model"] == BASE_MODEL and job["safety"] is None
     # "auto" resolved: 12 examples -> cookbook heuristic 100 // 12 = 8 epochs.
     resolved = {"batch_size": 4, "learning_rate_multiplier": 1.0, "n_epochs": 8}
     assert job["hyperparameters"] == resolved
@@ -279,10 +278,8 @@ def test_created_job_lands_on_the_broker(
     client: TestClient, keys: Keys, training_file: str, settings: Settings
 ) -> None:
     job = create_job(client, keys.a, training_file).json()
-    assert broker_messages(settings) == 1
-    message = _first_message(settings)
-    assert message["headers"]["task"] == "ftaas.jobs.run"
-    assert job["id"] in message["headers"]["argsrepr"]
+    runs = [t for t in queued_tasks(settings) if t.name == "ftaas.jobs.run"]
+    assert runs == [Task("ftaas.jobs.run", [job["id"]])]
 
 
 def test_enqueue_failure_still_returns_the_queued_job(
@@ -483,6 +480,7 @@ def test_checkpoints_paginate(
     assert ckpt["fine_tuning_job_id"] == job_id
     assert ckpt["metrics"] == {"step": 30, "train_loss": 0.5, "valid_loss": 0.6}
     assert ckpt["fine_tuned_model_checkpoint"].endswith("ckpt-step-30")
+    assert ckpt["safety"] is None and ckpt["deployable"] is None  # not evaluated yet
     rest = client.get(url, params={"after": first["last_id"]}, headers=auth(keys.a)).json()
     assert [c["step_number"] for c in rest["data"]] == [10] and rest["has_more"] is False
     assert client.get(url, params={"after": "ftckpt-nope"}, headers=auth(keys.a)).status_code == 400

@@ -53,6 +53,10 @@ def test_sdk_files_and_jobs(app: FastAPI, keys: Keys) -> None:
     assert job.status == "queued" and job.hyperparameters.n_epochs == 2
     assert job.hyperparameters.batch_size == 8 and job.seed == 3
     assert job.method is not None and job.method.type == "supervised"
+    # The defense shows as extension fields the SDK keeps in model_extra.
+    assert job.model_extra and job.model_extra["defense"] == "antibody"
+    assert job.model_extra["served_model"] == BASE_MODEL
+    assert uploaded.model_extra["safety_status"] == "queued"
     assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"run": "sdk"})] == [job.id]
     assert client.fine_tuning.jobs.list(metadata={"run": "other"}).data == []
