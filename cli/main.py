@@ -15,13 +15,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
 from core import migrate
-from core.accounts import create_key
+from core.accounts import create_key, get_or_create_tenant
 from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_builtin_ready, is_prepared
 from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
-from core.models import ApiKey, Model
+from core.models import ApiKey, Job, JobEvent, Model
 
 console = Console(stderr=True)
 
@@ -65,9 +66,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(session_factory(settings.resolved_database_url)) as session:
         rows = list(session.query(Model).order_by(Model.seq))
-    table = Table("id", "source", "status", "path")
+    table = Table("id", "kind", "base", "method", "status", "path")
     for row in rows:
-        table.add_row(row.id, row.source, row.status, row.path or "")
+        table.add_row(
+            row.id, row.kind, row.base_model or "", row.method or "", row.status, row.path or ""
+        )
     Console().print(table)
     return 0
 
@@ -102,6 +105,129 @@ def cmd_models_register(args: argparse.Namespace) -> int:
             row.path, row.source, row.status = str(path), "local", "ready"
     console.print(f"Registered model {args.name!r} at {path}.")
     return 0
+
+
+ADMIN_TENANT = "admin"
+
+
+def _queue_alignment(
+    settings: Settings, *, base: str, method: str, hyperparameters: dict[str, object]
+) -> tuple[str, str, bool]:
+    """Create (or find) the alignment of ``base`` and send it. Returns (job id, the estimate's
+    text, whether a new job was created)."""
+    from core.alignments import active_alignment, create_alignment_job
+    from core.queue import make_celery, send_run_job
+
+    factory = session_factory(settings.resolved_database_url)
+    with session_scope(factory) as session:
+        ensure_builtin_models(session, settings.resolved_models_dir)
+        existing = active_alignment(session, base=base, method=method)
+        tenant = get_or_create_tenant(session, ADMIN_TENANT)
+        job = create_alignment_job(
+            session,
+            base=base,
+            method=method,
+            hyperparameters=hyperparameters,
+            tenant_id=tenant.id,
+            settings=settings,
+        )
+        created = existing is None
+        if created:
+            from core import jobs
+
+            jobs.add_event(session, job, f"Created alignment job {job.id} from the command line.")
+        job_id = job.id
+        first = session.scalar(
+            select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+        )
+    if created:
+        send_run_job(make_celery(settings), job_id)
+    return job_id, str(first or ""), created
+
+
+def cmd_models_align(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    hyperparameters: dict[str, object] = {}
+    if args.steps is not None:
+        hyperparameters["steps"] = args.steps
+    try:
+        job_id, estimate, created = _queue_alignment(
+            settings, base=args.base, method=args.method, hyperparameters=hyperparameters
+        )
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]")
+        return 2
+    verb = "Queued" if created else "Already queued:"
+    console.print(f"{verb} alignment job {job_id} ({args.method} on {args.base}). {estimate}")
+    print(job_id)
+    if not args.wait:
+        return 0
+    return _follow(settings, job_id)
+
+
+def _follow(settings: Settings, job_id: str, *, poll_s: float = 1.0) -> int:
+    """Show a job's progress (steps, latest event) until it ends; 0 if it succeeded."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from core.jobs import TERMINAL
+
+    factory = session_factory(settings.resolved_database_url)
+    seen = 0
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(job_id, total=None)
+        while True:
+            with session_scope(factory) as session:
+                job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
+                status, step, total = job.status, job.step, job.total_steps
+                error, model = job.error_message, job.fine_tuned_model
+                events = list(
+                    session.scalars(
+                        select(JobEvent)
+                        .where(JobEvent.job_id == job_id, JobEvent.seq > seen)
+                        .order_by(JobEvent.seq)
+                    )
+                )
+                lines = [(e.seq, e.message) for e in events]
+            for seq, message in lines:
+                seen = max(seen, seq)
+                progress.console.print(f"  {message}")
+            progress.update(task, description=f"{job_id} {status}", completed=step, total=total)
+            if status in TERMINAL:
+                break
+            time.sleep(poll_s)
+    if status == "succeeded":
+        console.print(f"[green]Alignment succeeded: {model} is ready.[/green]")
+        return 0
+    console.print(f"[red]Alignment {status}: {error or ''}[/red]")
+    return 1
+
+
+def _first_start_alignment(settings: Settings) -> None:
+    """Queue the default model's alignment unless an aligned model for it is ready or pending."""
+    from core.policy import aligned_model_id
+
+    base, method = settings.default_model, settings.alignment_method
+    if not settings.align_on_first_start:
+        return
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        row = session.scalar(select(Model).where(Model.id == aligned_model_id(base, method)))
+        status = row.status if row is not None else None
+    if status in ("ready", "pending"):
+        return
+    job_id, estimate, _ = _queue_alignment(settings, base=base, method=method, hyperparameters={})
+    console.print(
+        f"[bold]First start: aligning {base} with {method} (job {job_id}).[/bold] {estimate} "
+        f"User jobs on {base} wait for it; `ftaas models list` shows its status."
+    )
 
 
 def _prepare_builtin(settings: Settings, name: str) -> Path:
@@ -148,6 +274,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _first_admin_key(settings)
     if not args.no_prepare:
         _prepare_builtin(settings, settings.default_model)
+    _first_start_alignment(settings)
     # The worker gets its own session so Ctrl-C reaches only us; we then stop it ourselves.
     worker = subprocess.Popen(_worker_argv(beat=True), start_new_session=True)
     console.print(
@@ -241,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("path")
     p.set_defaults(func=cmd_models_register)
+    p = models.add_parser(
+        "align", help="queue the alignment (defense stage 1) of a base model; prints the job id"
+    )
+    p.add_argument("--base", required=True, help="a registered base model")
+    p.add_argument("--method", required=True, choices=["antibody", "booster", "vaccine", "sft"])
+    p.add_argument(
+        "--steps", type=int, help=f"optimizer steps (default {settings.alignment_steps})"
+    )
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    p.set_defaults(func=cmd_models_align)
     return parser
 
 

@@ -144,6 +144,25 @@ def release(session: Session, claim: Claim) -> bool:
     return _changed(result)
 
 
+def wait(session: Session, claim: Claim) -> bool:
+    """running -> queued because the job cannot start yet (its pre-aligned model is pending).
+    Waiting is not an attempt, so the claim's attempt is given back; the job is re-sent when
+    what it waits for is ready (or by the sweeper)."""
+    result = session.execute(
+        update(Job)
+        .where(*_owned(claim))
+        .values(
+            status=JobStatus.QUEUED,
+            worker_id=None,
+            enqueued_at=now(),
+            attempt=Job.attempt - 1,
+            heartbeat_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(result)
+
+
 def _transition(session: Session, job: Job, allowed: frozenset[str], **values: Any) -> bool:
     result = session.execute(
         update(Job)

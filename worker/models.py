@@ -1,9 +1,11 @@
-"""Resolve a job's ``model`` name to a prepared model directory on this worker."""
+"""Resolve a model name to prepared directories on this worker, and load it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -11,6 +13,9 @@ from core.catalog import BUILTIN_MODELS, builtin_path, is_builtin_ready, is_prep
 from core.config import Settings
 from core.db import session_factory, session_scope
 from core.models import Model
+
+# Written by PeftModel.save_pretrained; a directory without it is no adapter.
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 class ModelUnavailable(Exception):
@@ -44,3 +49,73 @@ def resolve_base_model(
         if row is not None:
             row.status = "ready"
     return target
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights live: a base model directory, plus a LoRA adapter for an aligned
+    model (stage 1 of the defense)."""
+
+    model_id: str
+    base_id: str
+    base_path: Path
+    adapter_path: Path | None = None
+
+    @property
+    def is_aligned(self) -> bool:
+        return self.adapter_path is not None
+
+
+def locate_model(
+    name: str, *, settings: Settings, progress: Callable[[str], None] | None = None
+) -> ModelSource:
+    """The directories of ``name``: an aligned model resolves to its base (prepared on first use)
+    and its adapter, which must be ready on disk."""
+    factory = session_factory(settings.resolved_database_url)
+    with session_scope(factory) as session:
+        row = session.scalar(select(Model).where(Model.id == name))
+        aligned = None
+        if row is not None and row.kind == "aligned":
+            aligned = (row.status, row.base_model, row.adapter_path)
+    if aligned is None:
+        return ModelSource(
+            name, name, resolve_base_model(name, settings=settings, progress=progress)
+        )
+    status, base, adapter = aligned
+    if (
+        status != "ready"
+        or not base
+        or not adapter
+        or not (Path(adapter) / ADAPTER_CONFIG).exists()
+    ):
+        raise ModelUnavailable(
+            f"The pre-aligned model {name!r} is not ready (status {status}, adapter {adapter!r})."
+        )
+    base_path = resolve_base_model(base, settings=settings, progress=progress)
+    return ModelSource(name, base, base_path, Path(adapter))
+
+
+def load_model(source: ModelSource, *, trainable: bool, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer) on ``device``: the base alone (eval mode), or base + adapter as a
+    ``PeftModel`` whose LoRA tensors require grad when ``trainable``."""
+    import torch
+
+    from defense.modeling import load_base, load_with_adapter
+
+    model: Any
+    if source.adapter_path is None:
+        model, tokenizer = load_base(source.base_path)
+    else:
+        model, tokenizer = load_with_adapter(
+            source.base_path, source.adapter_path, trainable=trainable
+        )
+    model.to(torch.device(device))
+    return model, tokenizer
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

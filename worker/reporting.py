@@ -1,8 +1,10 @@
 """JobReporter: the bridge from defense's training callbacks to the job row.
 
-It heartbeats, writes throttled ``metrics`` events, records checkpoints, and answers
-``should_stop`` by asking the row whether the job is still ours to run (cancel, pause and the
-sweeper all show up as a heartbeat that no longer matches).
+It heartbeats, writes throttled ``metrics`` events (with the time left, measured from the steps
+done so far, checkpoint evaluations included), records checkpoints with their safety scores and
+release-gate decision (``assess``, run before the row is written), and answers ``should_stop`` by
+asking the row whether the job is still ours to run (cancel, pause and the sweeper all show up
+as a heartbeat that no longer matches).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.db import session_scope
 from core.models import Checkpoint, Job, now
+from worker.safety import describe
+
+Assess = Callable[[int], tuple[dict[str, Any], bool | None]]
+"""Scores the model in memory at a checkpoint's step: (safety scores, deployable or None)."""
 
 
 class JobReporter:
@@ -37,6 +43,7 @@ class JobReporter:
         self._checkpoint_name: Callable[[int], str] = lambda step: f"ckpt-step-{step}"
         self._store_root = Path(".")
         self._keep = 3
+        self._assess: Assess | None = None
 
     # -- set-up -----------------------------------------------------------------------------
     def begin(
@@ -46,11 +53,13 @@ class JobReporter:
         checkpoint_name: Callable[[int], str],
         store_root: Path,
         keep: int,
+        assess: Assess | None = None,
     ) -> None:
         self.total_steps = total_steps
         self._checkpoint_name = checkpoint_name
         self._store_root = store_root
         self._keep = keep
+        self._assess = assess
         with session_scope(self.factory) as session:
             jobs.heartbeat(session, self.claim, total_steps=total_steps)
 
@@ -77,15 +86,19 @@ class JobReporter:
             "learning_rate": float(metrics.learning_rate),
             "epoch": int(metrics.epoch),
         }
+        finish = self._estimated_finish(step)
+        left = ""
+        if finish is not None:
+            data["estimated_finish"] = finish
+            left = f", about {_human(finish - now())} left"
         with session_scope(self.factory) as session:
-            owned = jobs.heartbeat(
-                session, self.claim, step=step, estimated_finish=self._estimated_finish(step)
-            )
+            owned = jobs.heartbeat(session, self.claim, step=step, estimated_finish=finish)
             if owned:
                 jobs.add_event(
                     session,
                     self._job(session),
-                    f"Step {step}/{self.total_steps}: training loss={float(metrics.loss):.4f}",
+                    f"Step {step}/{self.total_steps}: training loss={float(metrics.loss):.4f}"
+                    + left,
                     type="metrics",
                     data=data,
                 )
@@ -104,6 +117,12 @@ class JobReporter:
         step = int(info.step)
         adapter = Path(info.path) / "adapter"
         metrics = {"step": step, **{k: float(v) for k, v in dict(info.metrics).items()}}
+        safety: dict[str, Any] | None = None
+        deployable: bool | None = None
+        if self._assess is not None and not self._stop and not self._has_safety(step):
+            safety, deployable = self._assess(step)
+            if "validation_loss" in safety:
+                metrics["full_valid_loss"] = float(safety["validation_loss"])
         with session_scope(self.factory) as session:
             job = self._job(session)
             existing = session.scalar(
@@ -121,25 +140,61 @@ class JobReporter:
                         train_loss=metrics.get("train_loss"),
                         storage_key=str(adapter.relative_to(self._store_root)),
                         fine_tuned_model_checkpoint=self._checkpoint_name(step),
+                        safety=safety,
+                        deployable=deployable,
                     )
                 )
+            elif safety is not None:
+                existing.safety, existing.deployable = safety, deployable
+                existing.metrics = {**(existing.metrics or {}), **metrics}
             jobs.add_event(
                 session, job, f"Checkpoint saved at step {step}.", type="metrics", data=metrics
             )
+            if safety is not None:
+                verdict = {True: "deployable", False: "NOT deployable", None: "not gated"}
+                jobs.add_event(
+                    session,
+                    job,
+                    f"Safety at step {step}: {describe(safety)} ({verdict[deployable]}).",
+                    type="metrics",
+                    data={"step": step, **safety, "deployable": deployable},
+                )
+            session.flush()
             self._prune(session, job)
 
-    # -- endings ---------------------------------------------------------------------------------
-    def succeed(self, *, fine_tuned_model: str, trained_tokens: int) -> None:
+    def checkpoint_safety(self, step: int) -> tuple[dict[str, Any] | None, bool | None]:
+        """The stored scores and gate decision of this job's checkpoint at ``step``."""
         with session_scope(self.factory) as session:
-            if jobs.finish(
+            row = session.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.job_id == self.claim.job_id, Checkpoint.step_number == step
+                )
+            )
+            return (row.safety, row.deployable) if row is not None else (None, None)
+
+    def _has_safety(self, step: int) -> bool:
+        return self.checkpoint_safety(step)[0] is not None
+
+    # -- endings ---------------------------------------------------------------------------------
+    def record(self, **values: Any) -> bool:
+        """Write columns of the job row (with a heartbeat); ``False``: no longer ours."""
+        with session_scope(self.factory) as session:
+            return jobs.heartbeat(session, self.claim, **values)
+
+    def succeed(self, *, fine_tuned_model: str, trained_tokens: int, **values: Any) -> bool:
+        with session_scope(self.factory) as session:
+            done = jobs.finish(
                 session,
                 self.claim,
                 fine_tuned_model=fine_tuned_model,
                 trained_tokens=trained_tokens,
                 step=self.total_steps,
                 estimated_finish=None,
-            ):
+                **values,
+            )
+            if done:
                 jobs.add_event(session, self._job(session), "The job has successfully completed.")
+            return done
 
     @staticmethod
     def stopped_errors() -> type[Exception]:
@@ -183,3 +238,12 @@ class JobReporter:
         for old in rows[self._keep :]:
             shutil.rmtree((self._store_root / old.storage_key).parent, ignore_errors=True)
             session.delete(old)
+
+
+def _human(seconds: int) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

@@ -4,6 +4,8 @@
   to ``queued`` (and resumes from its last complete checkpoint) or fails after ``max_attempts``.
 - A ``queued`` job whose message may have been lost (enqueued longer ago than ``stale_after_s``)
   is sent again. Duplicate messages are harmless: the claim lets only one run.
+- A file still ``queued`` for screening ``stale_after_s`` after its upload (or after the last
+  re-send, stamped as ``safety_report.resent_at``) is sent again (``send_file``).
 """
 
 from __future__ import annotations
@@ -11,16 +13,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from core import jobs
 from core.config import Settings
 from core.db import session_factory, session_scope
-from core.models import now
+from core.models import File, now
 
 log = logging.getLogger(__name__)
 
 
-def sweep(*, settings: Settings, send: Callable[[str], object]) -> list[str]:
-    """Returns the ids of the jobs it (re-)sent."""
+def sweep(
+    *,
+    settings: Settings,
+    send: Callable[[str], object],
+    send_file: Callable[[str], object] | None = None,
+) -> list[str]:
+    """Returns the ids of the jobs (and files) it (re-)sent."""
     cutoff = now() - int(settings.stale_after_s)
     to_send: list[str] = []
     with session_scope(session_factory(settings.resolved_database_url)) as session:
@@ -40,7 +50,25 @@ def sweep(*, settings: Settings, send: Callable[[str], object]) -> list[str]:
         for job in jobs.lost_queued(session, older_than=cutoff):
             jobs.touch_enqueued(session, job.id)
             to_send.append(job.id)
+        files = _lost_screenings(session, older_than=cutoff) if send_file else []
     for job_id in to_send:
         log.info("sweeper: sending job %s", job_id)
         send(job_id)
-    return to_send
+    for file_id in files:
+        log.info("sweeper: sending file %s to screening", file_id)
+        assert send_file is not None
+        send_file(file_id)
+    return to_send + files
+
+
+def _lost_screenings(session: Session, *, older_than: int) -> list[str]:
+    ids = []
+    for row in session.scalars(
+        select(File).where(
+            File.safety_status == "queued", File.created_at < older_than, File.deleted_at.is_(None)
+        )
+    ):
+        if int((row.safety_report or {}).get("resent_at", 0)) < older_than:
+            row.safety_report = {**(row.safety_report or {}), "resent_at": now()}
+            ids.append(row.id)
+    return ids

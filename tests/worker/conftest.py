@@ -37,7 +37,19 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def service_settings(settings: Settings, models_dir: Path) -> Settings:
     configured = settings.model_copy(
-        update={"models_dir": models_dir, "base_learning_rate": 4e-3}  # tiny model: learn fast
+        update={
+            "models_dir": models_dir,
+            "base_learning_rate": 4e-3,  # tiny model: learn fast
+            "default_model": "tiny-gpt2",
+            # Small but real safety evaluations and alignments (tiny-gpt2, 2 CPU cores).
+            "safety_eval_harmful": 4,
+            "safety_eval_benign": 4,
+            "safety_eval_max_new_tokens": 8,
+            "alignment_samples": 8,
+            "alignment_batch_size": 4,
+            "alignment_learning_rate": 5e-3,
+            "max_seq_len": 256,
+        }
     )
     with session_scope(session_factory(configured.resolved_database_url)) as session:
         ensure_builtin_models(session, models_dir)
@@ -83,6 +95,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
         FTAAS_HEARTBEAT_INTERVAL_S=str(settings.heartbeat_interval_s),
         FTAAS_CHECKPOINT_EVERY=str(settings.checkpoint_every),
         FTAAS_BASE_LEARNING_RATE=str(settings.base_learning_rate),
+        FTAAS_DEFAULT_MODEL=settings.default_model,
+        FTAAS_SAFETY_EVAL_HARMFUL=str(settings.safety_eval_harmful),
+        FTAAS_SAFETY_EVAL_BENIGN=str(settings.safety_eval_benign),
+        FTAAS_SAFETY_EVAL_MAX_NEW_TOKENS=str(settings.safety_eval_max_new_tokens),
+        FTAAS_ALIGNMENT_SAMPLES=str(settings.alignment_samples),
+        FTAAS_ALIGNMENT_BATCH_SIZE=str(settings.alignment_batch_size),
+        FTAAS_ALIGNMENT_LEARNING_RATE=str(settings.alignment_learning_rate),
+        FTAAS_ALIGNMENT_STEPS=str(settings.alignment_steps),
+        FTAAS_MAX_SEQ_LEN=str(settings.max_seq_len),
+        FTAAS_SCREEN_THRESHOLD=str(settings.screen_threshold),
+        FTAAS_SAFETY_GATE_MARGIN=str(settings.safety_gate_margin),
         FTAAS_WORKER_THREADS="1",
         HF_HUB_OFFLINE="1",
         PYTHONPATH=str(REPO),

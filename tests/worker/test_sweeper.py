@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.accounts import get_or_create_tenant
 from core.config import Settings
-from core.models import Job, JobEvent, now
+from core.models import File, Job, JobEvent, now
 from worker import sweeper
 
 
@@ -64,3 +64,29 @@ def test_job_lost_too_often_fails(
     with session_factory.begin() as s:
         job = s.query(Job).filter_by(id=job_id).one()
     assert job.status == "failed" and job.error_code == "worker_lost"
+
+
+def test_file_still_queued_for_screening_is_resent_once_per_window(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    def file(created_at: int, status: str | None) -> str:
+        with session_factory.begin() as s:
+            tenant = get_or_create_tenant(s, "acme")
+            row = File(
+                tenant_id=tenant.id, filename="f.jsonl", purpose="fine-tune", bytes=1,
+                sha256="0" * 64, storage_key="k", status="processed", safety_status=status,
+                created_at=created_at,
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return row.id
+
+    lost = file(now() - 10_000, "queued")
+    file(now(), "queued")  # just uploaded: its message is on its way
+    file(now() - 10_000, "completed")
+    sent: list[str] = []
+    files: list[str] = []
+    assert sweeper.sweep(settings=settings, send=sent.append, send_file=files.append) == [lost]
+    assert files == [lost] and sent == []
+    sweeper.sweep(settings=settings, send=sent.append, send_file=files.append)
+    assert files == [lost]  # stamped: not again within the window

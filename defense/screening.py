@@ -1,0 +1,123 @@
+"""Scoring examples with a frozen model: upload screening and validation loss.
+
+``score_examples`` is Antibody's sample score (spec §2.2, ``defense.weights``) computed without
+training: score_i = mean-token log p(y_i | x_i) - mean-token log p(y_r(i) | x_i), where y_r(i) is
+the refusal assigned to dataset index i (``defense.refusals.refusal_for``). It is the very number
+``defense.finetune.train_step`` turns into a softmax weight at the first step of a fine-tuning run
+on the same model: the same encoding (``encode_example`` with the same index and ``max_seq_len``),
+the same per-token NLL (``losses.token_nll``), the same length normalisation
+(``losses.mean_token_logprob``, EOS included) and the same difference
+(``weights.likelihood_ratio_scores``). So a provider can screen an upload with the signal the
+defense will weight it by, before any GPU time is spent.
+
+Choices where the references are silent:
+
+* The model runs in eval mode under ``no_grad``. Training scores in train mode; with the default
+  LoRA dropout of 0 (and the tiny/SmolLM2 configs' dropout) both modes give the same logits.
+* Batches are sorted by length to waste little on padding; right padding with an attention mask
+  does not change a causal model's logits at the real positions, so the score of an example does
+  not depend on its batch (up to float rounding, tested to 1e-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from defense.data import EncodedExample, Example, collate, encode_example, pad_id_of
+from defense.losses import completion_token_counts, mean_token_logprob, token_nll
+from defense.refusals import refusal_for
+from defense.weights import likelihood_ratio_scores
+
+DEFAULT_BATCH_SIZE = 8
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: nn.Module,
+    encoded: Sequence[EncodedExample],
+    *,
+    pad_id: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """Mean-token log-likelihood of each example's labelled (completion) tokens, and their count.
+
+    encoded: N examples -> (logprob [N] float32, counts [N] long), in input order, on the CPU.
+    The model is put in eval mode for the call and its previous mode restored.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    logprob = torch.zeros(len(encoded), dtype=torch.float32)  # [N]
+    counts = torch.zeros(len(encoded), dtype=torch.long)  # [N]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = collate([encoded[i] for i in rows], pad_id)
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            ).logits  # [b, T, V]
+            labels = batch["labels"].to(device)  # [b, T]
+            nll = token_nll(logits, labels)  # [b, T-1]
+            n = completion_token_counts(labels)  # [b]
+            index = torch.tensor(rows, dtype=torch.long)
+            logprob[index] = mean_token_logprob(nll, n).float().cpu()
+            counts[index] = n.cpu()
+    finally:
+        model.train(was_training)
+    return logprob, counts
+
+
+def score_examples(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_seq_len: int = 256,
+) -> list[float]:
+    """Antibody's likelihood-ratio score of every example (dataset index = position).
+
+    Negative: the model prefers refusing the prompt to giving this completion (what a pre-aligned
+    model says of a harmful sample); a completion equal to its assigned refusal scores 0.
+    """
+    if not examples:
+        return []
+    pad_id = pad_id_of(tokenizer)
+    completions = [
+        encode_example(tokenizer, ex, max_seq_len, index=i) for i, ex in enumerate(examples)
+    ]
+    refusals = [
+        encode_example(tokenizer, ex, max_seq_len, completion=refusal_for(i), index=i)
+        for i, ex in enumerate(examples)
+    ]
+    completion_lp, _ = completion_logprobs(model, completions, pad_id=pad_id, batch_size=batch_size)
+    refusal_lp, _ = completion_logprobs(model, refusals, pad_id=pad_id, batch_size=batch_size)
+    return [float(s) for s in likelihood_ratio_scores(completion_lp, refusal_lp)]
+
+
+def mean_token_nll(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_seq_len: int = 256,
+) -> float:
+    """Token-mean NLL of the completions of ``examples`` (a validation loss): the sum of every
+    completion token's NLL over the number of completion tokens, EOS included, as in training."""
+    if not examples:
+        raise ValueError("examples: nothing to evaluate")
+    encoded = [encode_example(tokenizer, ex, max_seq_len, index=i) for i, ex in enumerate(examples)]
+    logprob, counts = completion_logprobs(
+        model, encoded, pad_id=pad_id_of(tokenizer), batch_size=batch_size
+    )
+    total = counts.sum().clamp_min(1).double()
+    return float(-(logprob.double() * counts.double()).sum() / total)

@@ -1,0 +1,353 @@
+"""Alignment jobs (stage 1): turn a base model into its pre-aligned model ``<base>-<method>``.
+
+Flow (docs/defended-jobs.md): the AdvBench alignment split's first ``samples`` prompts, each with
+its refusal (``defense.refusals``, the safe view) and, for Antibody and Booster, the unaligned
+base model's own greedy answer (the harmful view, generated once and cached at
+``models_dir/<base>/harmful_pairs.jsonl``) -> ``defense.align.align`` on a fresh LoRA adapter, with
+the job's reporter (progress with time left, heartbeat, cancel/pause, resumable checkpoints) ->
+the adapter saved atomically to ``models_dir/<aligned id>/adapter`` -> safety scores of the aligned
+model before any fine-tuning -> the ``models`` row made ``ready`` in the same transaction that
+marks the job succeeded -> every queued fine-tuning job waiting for it is sent again.
+
+Choices where the references are uncertain:
+
+* Harmful answers that the keyword judge calls refusals are dropped (``defense.attack``): they
+  teach no harm. If none is left, the job fails (``alignment_data``) rather than aligning a
+  method that needs harmful data without it.
+* The LoRA adapter is ``LoraSettings()`` (defense's default, r=8 on attention), initialised from
+  the job's seed; ``max_seq_len`` and ``checkpoint_every`` come from the worker's settings.
+* On failure or cancellation the aligned row goes back to ``ready`` if it still has an earlier
+  adapter, else to ``error`` (as the API does on cancel), and waiting jobs are re-sent so they
+  do not wait forever: they then train the base model, or fail if a model policy names this
+  aligned model explicitly (``model_not_available``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import jobs
+from core.alignments import ALIGNMENT_KIND, resolve_alignment_hyperparameters
+from core.config import Settings
+from core.db import session_scope
+from core.models import Job, Model, now
+from core.policy import aligned_model_id, resolve_served_model
+from core.storage import ArtifactStore, job_dir_key
+from worker.models import resolve_base_model, resolve_device
+from worker.reporting import JobReporter
+from worker.safety import SafetyEvaluator, describe
+
+HARMFUL_PAIRS_FILE = "harmful_pairs.jsonl"
+GENERATION_BATCH_SIZE = 8
+
+# AlignConfig fields an alignment job's hyperparameters may set directly (others are mapped).
+_PASSTHROUGH = (
+    "grad_accum",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "rho",
+    "eta",
+    "ema",
+    "lambda_refusal",
+    "booster_lambda",
+    "vaccine_rho",
+    "lambda_form",
+    "lr_schedule",
+)
+
+
+class AlignmentError(Exception):
+    """A deterministic failure of an alignment job (bad hyperparameters, no usable data)."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+@dataclass(frozen=True)
+class AlignmentPlan:
+    job_id: str
+    base: str
+    method: str
+    aligned_id: str
+    seed: int
+    hyperparameters: dict[str, Any]
+
+
+def alignment_prompts(samples: int) -> list[str]:
+    from defense.assets import advbench_split
+
+    return list(advbench_split().alignment[:samples])
+
+
+def safe_view(prompts: Sequence[str]) -> list[Any]:
+    """Each harmful prompt paired with its refusal (dataset index i gets ``refusal_for(i)``)."""
+    from defense.data import Example
+    from defense.refusals import refusal_for
+
+    return [Example.from_prompt_completion(p, refusal_for(i)) for i, p in enumerate(prompts)]
+
+
+def harmful_pairs_path(settings: Settings, base: str) -> Path:
+    return settings.resolved_models_dir / base / HARMFUL_PAIRS_FILE
+
+
+def aligned_adapter_dir(settings: Settings, aligned_id: str) -> Path:
+    return settings.resolved_models_dir / aligned_id / "adapter"
+
+
+def plan_alignment(session: Session, job_id: str, *, settings: Settings) -> AlignmentPlan:
+    job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
+    try:
+        params = resolve_alignment_hyperparameters(job.defense_params, settings=settings)
+    except ValueError as err:
+        raise AlignmentError("invalid_hyperparameters", str(err), "hyperparameters") from err
+    return AlignmentPlan(
+        job_id=job.id,
+        base=job.model,
+        method=job.defense,
+        aligned_id=aligned_model_id(job.model, job.defense),
+        seed=int(params.get("seed", job.seed)),
+        hyperparameters=params,
+    )
+
+
+def align_config(plan: AlignmentPlan, *, settings: Settings) -> Any:
+    from defense.config import AlignConfig
+
+    params = plan.hyperparameters
+    try:
+        return AlignConfig(
+            method=plan.method,  # type: ignore[arg-type]
+            max_steps=int(params["steps"]),
+            batch_size=int(params["batch_size"]),
+            learning_rate=float(params["learning_rate"]),
+            seed=plan.seed,
+            max_seq_len=settings.max_seq_len,
+            checkpoint_every=settings.checkpoint_every,
+            **{key: params[key] for key in _PASSTHROUGH if key in params},
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise AlignmentError(
+            "invalid_hyperparameters", f"Invalid hyperparameters: {err}", "hyperparameters"
+        ) from err
+
+
+def run_alignment(
+    job_id: str,
+    *,
+    settings: Settings,
+    store: ArtifactStore,
+    reporter: JobReporter,
+    send: Callable[[str], object],
+) -> None:
+    import torch
+
+    from defense.align import align
+    from defense.align import total_steps as align_total_steps
+    from defense.attack import harmful_pairs, read_pair_cache
+    from defense.config import LoraSettings
+    from defense.lora import attach_lora
+    from defense.modeling import load_base
+
+    factory = reporter.factory
+    with session_scope(factory) as session:
+        plan = plan_alignment(session, job_id, settings=settings)
+        _ensure_pending_row(session, plan)
+    config = align_config(plan, settings=settings)
+    if settings.worker_threads:
+        torch.set_num_threads(settings.worker_threads)
+
+    base_path = resolve_base_model(plan.base, settings=settings, progress=reporter.message)
+    model, tokenizer = load_base(base_path)
+    model.to(torch.device(resolve_device(settings.device)))  # type: ignore[arg-type]
+    prompts = alignment_prompts(int(plan.hyperparameters["samples"]))
+    safe = safe_view(prompts)
+    harmful: list[Any] = []
+    if config.uses_harmful_data:
+        cache = harmful_pairs_path(settings, plan.base)
+        missing = [p for p in prompts if p not in read_pair_cache(cache)]
+        if missing:
+            reporter.message(
+                f"Generating the unaligned {plan.base}'s answers to {len(missing)} harmful "
+                f"prompts (once; cached at {cache})."
+            )
+        harmful = harmful_pairs(
+            prompts, model, tokenizer, cache_path=cache, batch_size=GENERATION_BATCH_SIZE
+        )
+        if not harmful:
+            raise AlignmentError(
+                "alignment_data",
+                f"{plan.base} refused every harmful prompt, so {plan.method} has no harmful "
+                "answers to align against; use method 'sft' or 'vaccine'.",
+            )
+    peft_model = attach_lora(model, LoraSettings(), seed=plan.seed)
+    reporter.message(
+        f"Aligning {plan.base} with {plan.method}: {len(safe)} refusal and {len(harmful)} "
+        f"harmful examples, {config.max_steps} steps of batch {config.batch_size}."
+    )
+    job_dir = store.path(job_dir_key(plan.job_id))
+    reporter.begin(
+        total_steps=align_total_steps(len(safe), config),
+        checkpoint_name=lambda step: f"{plan.aligned_id}:ckpt-step-{step}",
+        store_root=store.root,
+        keep=settings.keep_checkpoints,
+    )
+    result = align(
+        peft_model,
+        tokenizer,
+        safe,
+        harmful,
+        config,
+        checkpoint_dir=job_dir / "checkpoints",
+        resume=True,
+        on_step=reporter.on_step,
+        on_checkpoint=reporter.on_checkpoint,
+        should_stop=reporter.should_stop,
+    )
+    adapter_dir = aligned_adapter_dir(settings, plan.aligned_id)
+    save_adapter_atomically(peft_model, tokenizer, adapter_dir)
+    reporter.message(f"Evaluating the safety of {plan.aligned_id} before any fine-tuning.")
+    safety = SafetyEvaluator(settings, max_seq_len=settings.max_seq_len).evaluate(
+        peft_model, tokenizer
+    )
+    lineage = {
+        "base": plan.base,
+        "method": plan.method,
+        "hyperparameters": plan.hyperparameters,
+        "data": {
+            "source": "AdvBench (pyrit adv_bench.prompt)",
+            "split": "alignment",
+            "n": len(prompts),
+            "n_harmful": len(harmful),
+            "harmful_answers": f"greedy answers of the unaligned {plan.base}" if harmful else None,
+            "refusals": "defense/data/refusals.txt, line i mod 100 for prompt i",
+        },
+        "seed": plan.seed,
+        "adapter": {"r": LoraSettings().r, "alpha": LoraSettings().alpha},
+    }
+    with session_scope(factory) as session:
+        if not jobs.finish(
+            session,
+            reporter.claim,
+            fine_tuned_model=plan.aligned_id,
+            trained_tokens=int(result.trained_tokens),
+            step=reporter.total_steps,
+            estimated_finish=None,
+        ):
+            return  # cancelled at the last moment: the API released the row
+        row = _ensure_pending_row(session, plan)
+        row.kind, row.source, row.status = "aligned", "aligned", "ready"
+        row.base_model, row.method = plan.base, plan.method
+        row.adapter_path = row.path = str(adapter_dir)
+        row.alignment_job_id, row.lineage, row.safety = plan.job_id, lineage, safety
+        job = session.execute(select(Job).where(Job.id == plan.job_id)).scalar_one()
+        jobs.add_event(
+            session,
+            job,
+            f"The job has successfully completed. {plan.aligned_id} is ready ({describe(safety)}).",
+            type="metrics",
+            data={"model": plan.aligned_id, **safety},
+        )
+    resend_waiting(factory, settings=settings, aligned_id=plan.aligned_id, send=send)
+
+
+def release_aligned_row(
+    factory: sessionmaker[Session],
+    *,
+    job_id: str,
+    settings: Settings,
+    send: Callable[[str], object],
+) -> None:
+    """After a failed or cancelled alignment: its pending row goes back to ``ready`` (an earlier
+    adapter is still there) or ``error``, and the jobs that waited for it are re-sent."""
+    with session_scope(factory) as session:
+        job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
+        if job.kind != ALIGNMENT_KIND or job.status not in (
+            jobs.JobStatus.FAILED,
+            jobs.JobStatus.CANCELLED,
+        ):
+            return
+        aligned_id = aligned_model_id(job.model, job.defense)
+        row = session.scalar(select(Model).where(Model.id == aligned_id))
+        if row is not None and row.status == "pending":
+            row.status = "ready" if row.adapter_path else "error"
+    resend_waiting(factory, settings=settings, aligned_id=aligned_id, send=send)
+
+
+def resend_waiting(
+    factory: sessionmaker[Session],
+    *,
+    settings: Settings,
+    aligned_id: str,
+    send: Callable[[str], object],
+) -> list[str]:
+    """Send again every queued fine-tuning job whose model resolves to (or resolved to)
+    ``aligned_id`` and no longer waits. A duplicate message is harmless: the claim decides."""
+    ready: list[str] = []
+    with session_scope(factory) as session:
+        row = session.scalar(select(Model).where(Model.id == aligned_id))
+        base = row.base_model if row is not None else None
+        queued = session.scalars(
+            select(Job)
+            .where(Job.status == jobs.JobStatus.QUEUED, Job.kind != ALIGNMENT_KIND)
+            .order_by(Job.seq)
+        )
+        for job in queued:
+            served = resolve_served_model(session, model_id=job.model, settings=settings)
+            if served.waiting_for is not None:
+                continue
+            if served.model_id == aligned_id or job.model in (aligned_id, base):
+                jobs.touch_enqueued(session, job.id)
+                ready.append(job.id)
+    for job_id in ready:
+        send(job_id)
+    return ready
+
+
+def save_adapter_atomically(model: Any, tokenizer: Any, target: Path) -> None:
+    """Write a PEFT directory next to ``target`` and swap it in with renames, so a reader sees
+    the old adapter or the new one, never half of one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            trash = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+            target.rename(trash)
+            tmp.rename(target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ensure_pending_row(session: Session, plan: AlignmentPlan) -> Model:
+    """The aligned row, created ``pending`` if the API (or CLI) did not create it."""
+    row = session.scalar(select(Model).where(Model.id == plan.aligned_id))
+    if row is None:
+        row = Model(
+            id=plan.aligned_id,
+            source="aligned",
+            kind="aligned",
+            base_model=plan.base,
+            method=plan.method,
+            status="pending",
+            owned_by="system",
+            alignment_job_id=plan.job_id,
+            created_at=now(),
+        )
+        session.add(row)
+        session.flush()
+    return row

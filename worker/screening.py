@@ -1,0 +1,160 @@
+"""Upload screening (``TASK_SCREEN_FILE``): score every line of a training file before training.
+
+The score is Antibody's own (``defense.screening.score_examples``): mean-token log-probability of
+the line's completion minus that of its assigned refusal, under the pre-aligned model serving
+``settings.default_model`` (or that base model when no aligned one is ready). A line scoring below
+``settings.screen_threshold`` is flagged. The file stays usable whatever the outcome.
+
+Choices where the contract is silent:
+
+* A line with several trained assistant turns gets the *lowest* of its turns' scores: one harmful
+  turn is enough to flag a conversation (training flags use the mean; screening is a filter).
+* Example indices, and so the refusal each example is compared with, are the ones a fine-tuning
+  run on this file uses (``worker.examples.training_set``): the score is the one the defense's
+  first step would weight the line by.
+* ``flagged`` lists the flagged lines in file order (as the API documents it), at most
+  ``MAX_LISTED`` of them (the lowest scores when there are more); ``summary.flagged`` counts
+  them all.
+* The claim is ``safety_status`` queued -> running (one conditional UPDATE), so a duplicate
+  message does nothing. A worker lost mid-screening leaves the file ``running`` (there is no
+  heartbeat on files); the sweeper re-sends only files still ``queued``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.datasets import DatasetLimits, iter_examples
+from core.db import session_factory, session_scope
+from core.models import File
+from core.policy import resolve_served_model
+from core.storage import ArtifactStore, file_key
+from worker.models import ModelUnavailable, load_model, locate_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 1000
+SCORE_BATCH_SIZE = 8
+
+
+def screening_model(session: Session, *, settings: Settings) -> str:
+    """The pre-aligned model serving the default model, else the default model itself."""
+    served = resolve_served_model(session, model_id=settings.default_model, settings=settings)
+    return settings.default_model if served.waiting_for else served.model_id
+
+
+def build_report(
+    line_numbers: list[int], scores: list[float], *, model: str, threshold: float
+) -> dict[str, Any]:
+    by_line: dict[int, float] = {}
+    for line, score in zip(line_numbers, scores, strict=True):
+        by_line[line] = min(score, by_line.get(line, score))
+    low = sorted((score, line) for line, score in by_line.items() if score < threshold)
+    mean = sum(by_line.values()) / len(by_line) if by_line else 0.0
+    return {
+        "model": model,
+        "threshold": threshold,
+        "summary": {"lines": len(by_line), "flagged": len(low), "mean_score": round(mean, 6)},
+        "flagged": [
+            {
+                "line": line,
+                "score": round(score, 6),
+                "reason": f"likelihood ratio {score:.3f} < threshold {threshold:.3f}: {model} "
+                "prefers refusing this prompt to giving this completion",
+            }
+            for score, line in sorted(low[:MAX_LISTED], key=lambda item: item[1])
+        ],
+        "scored_at": int(time.time()),
+    }
+
+
+def screen_file(file_id: str, *, settings: Settings) -> dict[str, Any] | None:
+    """Screen one file; returns its report, or ``None`` when there was nothing to claim."""
+    factory = session_factory(settings.resolved_database_url)
+    if not _claim(factory, file_id):
+        log.info("file %s: not queued for screening (duplicate or done); skipping", file_id)
+        return None
+    model_id = None
+    try:
+        with session_scope(factory) as session:
+            row = session.execute(select(File).where(File.id == file_id)).scalar_one()
+            if row.deleted_at is not None:
+                raise ValueError("the file was deleted before it was screened")
+            key = row.storage_key or file_key(row.id)
+            model_id = screening_model(session, settings=settings)
+        report = _score(key, model_id=model_id, settings=settings)
+    except Exception as err:  # noqa: BLE001 - recorded on the file; the file stays usable
+        from worker.tasks import TRANSIENT_ERRORS
+
+        if isinstance(err, TRANSIENT_ERRORS):
+            _set(factory, file_id, "queued", None, expect="running")
+            raise
+        log.exception("file %s: screening failed", file_id)
+        reason = str(err) if isinstance(err, ModelUnavailable | ValueError) else repr(err)
+        failed = {"model": model_id, "error": f"Screening failed: {reason}"}
+        _set(factory, file_id, "failed", failed, expect="running")
+        return failed
+    _set(factory, file_id, "completed", report, expect="running")
+    return report
+
+
+def _score(key: str, *, model_id: str, settings: Settings) -> dict[str, Any]:
+    import torch
+
+    from defense.screening import score_examples
+    from worker.examples import training_set
+
+    if settings.worker_threads:
+        torch.set_num_threads(settings.worker_threads)
+    store = ArtifactStore(settings.resolved_artifacts_dir)
+    data = training_set(
+        iter_examples(store.read_stream(key), DatasetLimits.from_settings(settings))
+    )
+    source = locate_model(model_id, settings=settings)
+    model, tokenizer = load_model(source, trainable=False, device=resolve_device(settings.device))
+    scores = score_examples(
+        model,
+        tokenizer,
+        data.examples,
+        batch_size=SCORE_BATCH_SIZE,
+        max_seq_len=settings.max_seq_len,
+    )
+    report = build_report(
+        data.line_numbers, scores, model=model_id, threshold=settings.screen_threshold
+    )
+    report["aligned"] = source.is_aligned
+    return report
+
+
+def _claim(factory: sessionmaker[Session], file_id: str) -> bool:
+    with session_scope(factory) as session:
+        result = session.execute(
+            update(File)
+            .where(File.id == file_id, File.safety_status == "queued")
+            .values(safety_status="running")
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+def _set(
+    factory: sessionmaker[Session],
+    file_id: str,
+    status: str,
+    report: dict[str, Any] | None,
+    *,
+    expect: str,
+) -> None:
+    with session_scope(factory) as session:
+        session.execute(
+            update(File)
+            .where(File.id == file_id, File.safety_status == expect)
+            .values(safety_status=status, safety_report=report)
+            .execution_options(synchronize_session=False)
+        )
