@@ -23,6 +23,7 @@ from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_builtin_ready
 from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
 from core.models import ApiKey, Job, JobEvent, Model
+from core.queue import MAINTENANCE_QUEUE, TRAINING_QUEUE
 
 console = Console(stderr=True)
 
@@ -238,6 +239,8 @@ def _prepare_builtin(settings: Settings, name: str) -> Path:
         return target
     with console.status(f"Preparing base model {name} into {target} (once; about 20 s)…"):
         path = prepare_builtin(name, settings.resolved_models_dir)
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        ensure_builtin_models(session, settings.resolved_models_dir)  # now `ready`
     console.print(f"Base model {name} ready at {path}.")
     return path
 
@@ -258,12 +261,16 @@ def _first_admin_key(settings: Settings) -> None:
     console.print(f"[bold]Admin API key (shown once, also saved in {key_file}):[/bold]\n{key}")
 
 
-def _worker_argv(*, beat: bool, concurrency: int = 1) -> list[str]:
+def _worker_argv(*, maintenance: bool, concurrency: int = 1) -> list[str]:
+    """A training worker (queue ``training``), or the maintenance worker: the sweeper's queue
+    plus the beat schedule that feeds it (run exactly one of those per deployment)."""
+    queue = MAINTENANCE_QUEUE if maintenance else TRAINING_QUEUE
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", str(concurrency), "-Q", "training",
+        "--loglevel", "INFO", "--concurrency", str(concurrency), "-Q", queue,
+        "--hostname", f"{queue}@%h",
     ]  # fmt: skip
-    return argv + (["--beat"] if beat else [])
+    return argv + (["--beat"] if maintenance else [])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -275,18 +282,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_prepare:
         _prepare_builtin(settings, settings.default_model)
     _first_start_alignment(settings)
-    # The worker gets its own session so Ctrl-C reaches only us; we then stop it ourselves.
-    worker = subprocess.Popen(_worker_argv(beat=True), start_new_session=True)
+    # Workers get their own sessions so Ctrl-C reaches only us; we then stop them ourselves.
+    workers = [
+        subprocess.Popen(_worker_argv(maintenance=False), start_new_session=True),
+        subprocess.Popen(_worker_argv(maintenance=True), start_new_session=True),
+    ]
     console.print(
         f"API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs); "
-        f"one worker (pid {worker.pid}). Ctrl-C stops both."
+        f"one training worker (pid {workers[0].pid}) and the sweeper (pid {workers[1].pid}). "
+        "Ctrl-C stops them all."
     )
     try:
         uvicorn.run(
             "api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info"
         )
     finally:
-        _stop_process_group(worker)
+        for worker in workers:
+            _stop_process_group(worker)
     return 0
 
 
@@ -314,7 +326,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, _worker_argv(beat=args.beat, concurrency=args.concurrency))
+    os.execv(
+        sys.executable, _worker_argv(maintenance=args.maintenance, concurrency=args.concurrency)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run one training worker (one per GPU)")
     p.add_argument(
-        "--beat", action="store_true", help="also run the sweeper schedule in this worker"
+        "--maintenance",
+        action="store_true",
+        help="run the sweeper (maintenance queue + its schedule) instead of training; one per deployment",
     )
     p.add_argument("--concurrency", type=int, default=1)
     p.set_defaults(func=cmd_worker)

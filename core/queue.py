@@ -14,6 +14,8 @@ TASK_RUN_JOB = "ftaas.jobs.run"
 TASK_SWEEP = "ftaas.jobs.sweep"
 TASK_SCREEN_FILE = "ftaas.files.screen"
 TRAINING_QUEUE = "training"
+# Light periodic work (the sweeper) has its own queue so it never waits behind a training job.
+MAINTENANCE_QUEUE = "maintenance"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from celery import Celery
 
 from core.config import get_settings
-from core.queue import TASK_SWEEP, TRAINING_QUEUE, make_celery
+from core.queue import MAINTENANCE_QUEUE, TASK_SWEEP, TRAINING_QUEUE, make_celery
 
 
 def create_worker_app() -> Celery:
@@ -19,8 +19,13 @@ def create_worker_app() -> Celery:
         worker_max_tasks_per_child=1,  # a fresh process per job releases all GPU memory
         task_queues=None,
         task_default_queue=TRAINING_QUEUE,
+        task_routes={TASK_SWEEP: {"queue": MAINTENANCE_QUEUE}},
         beat_schedule={
-            "sweep-lost-jobs": {"task": TASK_SWEEP, "schedule": settings.sweep_interval_s},
+            "sweep-lost-jobs": {
+                "task": TASK_SWEEP,
+                "schedule": settings.sweep_interval_s,
+                "options": {"queue": MAINTENANCE_QUEUE},
+            },
         },
         beat_schedule_filename=str(settings.resolved_home / "celerybeat-schedule"),
         worker_hijack_root_logger=False,
