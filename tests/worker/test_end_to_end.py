@@ -201,3 +201,65 @@ def test_duplicate_delivery_does_nothing(
     before = snapshot()
     runner.run_job(job.id, settings=service_settings, worker_id="duplicate")
     assert snapshot() == before
+
+
+def test_pause_then_resume_continues_from_the_checkpoint(
+    live_api: str,
+    worker_process: subprocess.Popen[bytes],
+    keys: Keys,
+    service_settings: Settings,
+) -> None:
+    client = _client(live_api, keys.user)
+    uploaded = client.files.create(
+        file=("train.jsonl", io.BytesIO(_training_file(30))), purpose="fine-tune"
+    )
+    job = client.fine_tuning.jobs.create(
+        model="tiny-gpt2",
+        training_file=uploaded.id,
+        hyperparameters={"n_epochs": 4, "batch_size": 1},
+    )
+    log = service_settings.resolved_home / "worker.log"
+    factory = session_factory(service_settings.resolved_database_url)
+
+    def step() -> int:
+        with session_scope(factory) as s:
+            return int(s.scalar(select(Job.step).where(Job.id == job.id)) or 0)
+
+    def messages() -> list[str]:
+        return [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+
+    _wait(lambda: step() > 0, timeout=240, what="the job to train a step", worker_log=log)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    _wait(
+        lambda: any("paused at step" in m for m in messages()),
+        timeout=60,
+        what="the worker to pause",
+        worker_log=log,
+    )
+    paused_at = step()
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    _wait(
+        lambda: client.fine_tuning.jobs.retrieve(job.id).status in {"succeeded", "failed"},
+        timeout=300,
+        what="the resumed job to finish",
+        worker_log=log,
+    )
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded", done.error
+    assert getattr(done, "attempt", None) == 2
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert max(steps) == 120 and paused_at < 120
+    # The second attempt started from the pause checkpoint, not from step 0: every metrics
+    # event written after the pause is for a later step.
+    with session_scope(factory) as s:
+        events = list(
+            s.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq))
+        )
+    pause_index = next(i for i, e in enumerate(events) if "paused at step" in e.message)
+    resumed_steps = [
+        int(e.data["step"])
+        for e in events[pause_index:]
+        if e.type == "metrics" and e.data and "train_loss" in e.data
+    ]
+    assert resumed_steps and min(resumed_steps) > paused_at, (paused_at, resumed_steps)
