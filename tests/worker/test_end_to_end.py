@@ -50,6 +50,30 @@ def _wait(
         time.sleep(0.25)
 
 
+def _start_long_job(
+    client: OpenAI, settings: Settings, *, n_lines: int, n_epochs: int
+) -> tuple[str, Callable[[], int], Path]:
+    """Create a batch-size-1 job and wait until it has trained a step; returns its id, a reader
+    of its current step, and the worker log."""
+    uploaded = client.files.create(
+        file=("train.jsonl", io.BytesIO(_training_file(n_lines))), purpose="fine-tune"
+    )
+    job = client.fine_tuning.jobs.create(
+        model="tiny-gpt2",
+        training_file=uploaded.id,
+        hyperparameters={"n_epochs": n_epochs, "batch_size": 1},
+    )
+    factory = session_factory(settings.resolved_database_url)
+
+    def step() -> int:
+        with session_scope(factory) as s:
+            return int(s.scalar(select(Job.step).where(Job.id == job.id)) or 0)
+
+    log = settings.resolved_home / "worker.log"
+    _wait(lambda: step() > 0, timeout=240, what="the job to train a step", worker_log=log)
+    return job.id, step, log
+
+
 def _client(base_url: str, key: str) -> OpenAI:
     return OpenAI(base_url=base_url, api_key=key, max_retries=0)
 
@@ -143,33 +167,18 @@ def test_cancel_running_job(
     service_settings: Settings,
 ) -> None:
     client = _client(live_api, keys.user)
-    uploaded = client.files.create(
-        file=("train.jsonl", io.BytesIO(_training_file(40))), purpose="fine-tune"
-    )
-    job = client.fine_tuning.jobs.create(
-        model="tiny-gpt2",
-        training_file=uploaded.id,
-        hyperparameters={"n_epochs": 50, "batch_size": 1},
-    )
-    log = service_settings.resolved_home / "worker.log"
-    factory = session_factory(service_settings.resolved_database_url)
-
-    def step() -> int:
-        with session_scope(factory) as s:
-            return int(s.scalar(select(Job.step).where(Job.id == job.id)) or 0)
-
-    _wait(lambda: step() > 0, timeout=240, what="the job to train a step", worker_log=log)
-    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    job_id, _, log = _start_long_job(client, service_settings, n_lines=40, n_epochs=50)
+    cancelled = client.fine_tuning.jobs.cancel(job_id)
     assert cancelled.status == "cancelled"
     _wait(
         lambda: any(
-            "cancelled at step" in e.message for e in client.fine_tuning.jobs.list_events(job.id)
+            "cancelled at step" in e.message for e in client.fine_tuning.jobs.list_events(job_id)
         ),
         timeout=60,
         what="the worker to stop",
         worker_log=log,
     )
-    final = client.fine_tuning.jobs.retrieve(job.id)
+    final = client.fine_tuning.jobs.retrieve(job_id)
     assert final.status == "cancelled" and final.fine_tuned_model is None
 
 
@@ -210,26 +219,13 @@ def test_pause_then_resume_continues_from_the_checkpoint(
     service_settings: Settings,
 ) -> None:
     client = _client(live_api, keys.user)
-    uploaded = client.files.create(
-        file=("train.jsonl", io.BytesIO(_training_file(30))), purpose="fine-tune"
-    )
-    job = client.fine_tuning.jobs.create(
-        model="tiny-gpt2",
-        training_file=uploaded.id,
-        hyperparameters={"n_epochs": 4, "batch_size": 1},
-    )
-    log = service_settings.resolved_home / "worker.log"
+    job_id, step, log = _start_long_job(client, service_settings, n_lines=30, n_epochs=4)
     factory = session_factory(service_settings.resolved_database_url)
 
-    def step() -> int:
-        with session_scope(factory) as s:
-            return int(s.scalar(select(Job.step).where(Job.id == job.id)) or 0)
-
     def messages() -> list[str]:
-        return [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+        return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100)]
 
-    _wait(lambda: step() > 0, timeout=240, what="the job to train a step", worker_log=log)
-    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert client.fine_tuning.jobs.pause(job_id).status == "paused"
     _wait(
         lambda: any("paused at step" in m for m in messages()),
         timeout=60,
@@ -237,24 +233,24 @@ def test_pause_then_resume_continues_from_the_checkpoint(
         worker_log=log,
     )
     paused_at = step()
-    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
-    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    assert client.fine_tuning.jobs.retrieve(job_id).status == "paused"
+    assert client.fine_tuning.jobs.resume(job_id).status == "queued"
     _wait(
-        lambda: client.fine_tuning.jobs.retrieve(job.id).status in {"succeeded", "failed"},
+        lambda: client.fine_tuning.jobs.retrieve(job_id).status in {"succeeded", "failed"},
         timeout=300,
         what="the resumed job to finish",
         worker_log=log,
     )
-    done = client.fine_tuning.jobs.retrieve(job.id)
+    done = client.fine_tuning.jobs.retrieve(job_id)
     assert done.status == "succeeded", done.error
     assert getattr(done, "attempt", None) == 2
-    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job_id)]
     assert max(steps) == 120 and paused_at < 120
     # The second attempt started from the pause checkpoint, not from step 0: every metrics
     # event written after the pause is for a later step.
     with session_scope(factory) as s:
         events = list(
-            s.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq))
+            s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))
         )
     pause_index = next(i for i, e in enumerate(events) if "paused at step" in e.message)
     resumed_steps = [
