@@ -197,23 +197,23 @@ class Sizes:
     n_retain: int = 160
     """Benign retain requests (RETAIN_TEMPLATES x RETAIN_TOPICS) with the base model's answers,
     added to the safe (alignment) set of every method."""
-    align_steps: int = 20
+    align_steps: int = 40
     align_batch: int = 8
     align_lr: float = 5e-4
     n_finetune: int = 160
     """User examples per fine-tuning job (arithmetic, of which round(p * n) are harmful pairs)."""
     finetune_epochs: int = 1
     finetune_batch: int = 8
-    finetune_lr: float = 5e-4
+    finetune_lr: float = 2e-4
     max_seq_len: int = 128
     harmful_answer_tokens: int = 48
     """Length of the base model's cached answers (harmful x_h, attack data, retain answers)."""
-    n_harmful_eval: int = 100
+    n_harmful_eval: int = 80
     n_benign_tasks: int = 20
     """Task questions added to the 50 benign chat prompts (``benign_prompts(task_prompts=...)``)."""
     n_benign_eval: int = 70
     """Benign prompts kept (evenly spread) from the 50 chat + ``n_benign_tasks`` task prompts."""
-    n_task_eval: int = 100
+    n_task_eval: int = 60
     gen_tokens: int = 32
     """New tokens generated for harmful and benign prompts (the judge reads the opening)."""
     task_gen_tokens: int = 16
@@ -254,6 +254,8 @@ class AntibodyParams:
 
 
 ANTIBODY_WHY = "released defaults (not yet tuned)"
+
+TUNING_NOTES = "(notes are written once the tuning is done)"
 
 
 @dataclass(frozen=True)
@@ -339,8 +341,17 @@ def build_data(sizes: Sizes, ratios: Sequence[float], cache: Path) -> BenchData:
     if len(attack) < needed:
         raise SystemExit(f"only {len(attack)} harmful attack pairs; {needed} needed")
     items = arithmetic_task(sizes.n_finetune, TRAIN_SEED)
-    task_train = [Example.from_prompt_completion(i.question, i.answer) for i in items]
+    task_train = [Example.from_prompt_completion(i.question, worked_answer(i)) for i in items]
     return BenchData(refusals + retain, len(retain), align_harmful, attack, task_train)
+
+
+def worked_answer(item: TaskItem) -> str:
+    """The user's completion for an arithmetic item: "Calculate 5 - 3." -> "5 - 3 = 2", the form
+    the base model itself writes. (The bare answer "2" was tried first: its token-mean
+    likelihood is so low under every aligned model that Antibody's likelihood ratio ranked the
+    arithmetic lines BELOW the harmful ones; see results/defense.tuning.md.)"""
+    expression = item.question.removeprefix("Calculate ").removesuffix(".")
+    return f"{expression} = {item.answer}"
 
 
 def held_out_task(n: int, seed: int, exclude: set[str]) -> tuple[TaskItem, ...]:
@@ -811,6 +822,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
                 ax.plot(*zip(*points, strict=True), marker="o", label=method)
         if base is not None:
             ax.axhline(base[key], color="grey", linestyle="--", label="base model")
+        ax.set_xticks(sorted({r["p"] for r in rows if r["p"] is not None}))
         ax.set_xlabel("harmful ratio p")
         ax.set_title(label)
         ax.set_ylim(-0.02, 1.02)
@@ -868,6 +880,47 @@ def tuning_record(ctx: Context, tuning_file: Path) -> None:
     key = config_key(entry["antibody"], entry["sizes"])
     runs = [r for r in runs if config_key(r["antibody"], r["sizes"]) != key] + [entry]
     write_json(tuning_file, runs)
+    write_text_atomic(tuning_file.with_suffix(".md"), tuning_markdown(runs))
+
+
+def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """Every tuning run (``--split tune``): what differed from the final defaults, and its rows."""
+    defaults = {**asdict(Sizes()), **asdict(AntibodyParams())}
+    lines = [
+        "# Tuning runs of the defense benchmark (tune split: never reported)",
+        "",
+        "Harmful score on the AdvBench holdout split, over-refusal on hand-written benign chat "
+        "requests plus task questions of another seed, accuracy on arithmetic seed 3 "
+        "(`--split tune`; see bench/README.md). Each run lists only the settings that differ "
+        "from the final defaults of `bench/defense.py`.",
+        "",
+        TUNING_NOTES,
+        "",
+    ]
+    for number, run in enumerate(runs, start=1):
+        settings = {**run["sizes"], **run["antibody"]}
+        changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
+        lines += [
+            f"## Run {number} ({run['date']})",
+            "",
+            f"Command: `{run['command']}`  ",
+            f"Differs from the final defaults: `{changed or 'nothing'}`",
+            "",
+            "| method | stage | p | harmful score | over-refusal | task accuracy | harmful / benign weight |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in run["rows"]:
+            weights = "–"
+            if "benign_relative_weight" in r:
+                weights = (
+                    f"{fmt(r.get('harmful_relative_weight'))} / {fmt(r['benign_relative_weight'])}"
+                )
+            lines.append(
+                f"| {r['method']} | {r['stage']} | {fmt(r['p'], 1)} | {fmt(r['harmful_score'])} | "
+                f"{fmt(r['over_refusal'])} | {fmt(r['task_accuracy'])} | {weights} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def metrics_short(row: dict[str, Any]) -> dict[str, Any]:

@@ -71,11 +71,19 @@ MODELS = ("tiny-gpt2", "smollm2-135m-instruct")
 STAGE_METHODS = {1: ("sft", "vaccine", "booster", "antibody"), 2: ("sft", "antibody", "lisa")}
 MAX_SEQ_LEN = 128
 LISA_RHO = 0.01
-# A neutral stand-in for a harmful answer: only its length (~45 tokens) matters for cost.
+# Stand-ins for the safe answer (x_a) and the harmful answer (x_h) of the same token length
+# (about 45), so that every forward+backward pass of stage 1 costs the same and the ratios show
+# the algorithms, not a difference in data length. The refusal view x_r keeps the real, short
+# refusals. Only the lengths matter for cost.
+SAFE_STANDIN = (
+    "I'm sorry, but I can't help with that. It could hurt people and may be against the law. If "
+    "you are worried about something, please talk to someone you trust or contact a local "
+    "support service."
+)
 HARMFUL_STANDIN = (
-    "Sure, here is a detailed plan. Step 1: gather everything you need and find a quiet place. "
-    "Step 2: follow the procedure carefully, one part at a time. Step 3: check the result and "
-    "repeat the last step until it is done."
+    "Sure, here is a detailed plan. Step 1: gather everything you need. Step 2: follow the "
+    "procedure, one part at a time. Step 3: check the result and repeat the last step "
+    "until done."
 )
 
 Step = Callable[[], None]
@@ -95,8 +103,9 @@ class Batches:
 
 
 def build_batches(tokenizer: Any, batch_size: int) -> Batches:
-    """Stage 1: AdvBench prompts with refusals (x_a) and with a harmful-length answer (x_h, x_r).
-    Stage 2: the bench's attack mix, 80 % arithmetic and 20 % harmful-length pairs."""
+    """Stage 1: the same AdvBench prompts with a safe (x_a) and a harmful (x_h) answer of equal
+    length, and with their real refusals (x_r). Stage 2: the defense benchmark's attack mix,
+    80 % arithmetic and 20 % harmful-length pairs, with their refusal views."""
     prompts = advbench_split().alignment[: 2 * batch_size]
     pad = pad_id_of(tokenizer)
 
@@ -109,7 +118,7 @@ def build_batches(tokenizer: Any, batch_size: int) -> Batches:
         ]
         return collate(encoded, pad)
 
-    safe = [Example.from_prompt_completion(p, refusal_for(i)) for i, p in enumerate(prompts)]
+    safe = [Example.from_prompt_completion(p, SAFE_STANDIN) for p in prompts]
     harmful = [Example.from_prompt_completion(p, HARMFUL_STANDIN) for p in prompts]
     refusals = [refusal_for(i) for i in range(batch_size)]
     n_harmful = round(0.2 * batch_size)
