@@ -345,6 +345,9 @@ def build_data(sizes: Sizes, ratios: Sequence[float], cache: Path) -> BenchData:
     return BenchData(refusals + retain, len(retain), align_harmful, attack, task_train)
 
 
+TASK_FORMAT = "expression = answer"
+
+
 def worked_answer(item: TaskItem) -> str:
     """The user's completion for an arithmetic item: "Calculate 5 - 3." -> "5 - 3 = 2", the form
     the base model itself writes. (The bare answer "2" was tried first: its token-mean
@@ -871,21 +874,26 @@ def tuning_record(ctx: Context, tuning_file: Path) -> None:
     """Tuning runs (``--split tune``) are kept side by side in one file, keyed by their params."""
     runs = read_json(tuning_file) if tuning_file.is_file() else []
     entry = {
+        "task_format": TASK_FORMAT,
         "antibody": asdict(ctx.antibody),
         "sizes": asdict(ctx.sizes),
         "date": utc_now(),
         "command": command_line(),
         "rows": [metrics_short(r) for r in sorted(ctx.rows, key=row_sort_key)],
     }
-    key = config_key(entry["antibody"], entry["sizes"])
-    runs = [r for r in runs if config_key(r["antibody"], r["sizes"]) != key] + [entry]
+    runs = [r for r in runs if tuning_key(r) != tuning_key(entry)] + [entry]
     write_json(tuning_file, runs)
     write_text_atomic(tuning_file.with_suffix(".md"), tuning_markdown(runs))
 
 
+def tuning_key(run: dict[str, Any]) -> str:
+    """Runs before the arithmetic format changed carry no ``task_format``: bare answers."""
+    return config_key(run.get("task_format", "bare answer"), run["antibody"], run["sizes"])
+
+
 def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
     """Every tuning run (``--split tune``): what differed from the final defaults, and its rows."""
-    defaults = {**asdict(Sizes()), **asdict(AntibodyParams())}
+    defaults = {**asdict(Sizes()), **asdict(AntibodyParams()), "task_format": TASK_FORMAT}
     lines = [
         "# Tuning runs of the defense benchmark (tune split: never reported)",
         "",
@@ -899,6 +907,7 @@ def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
     ]
     for number, run in enumerate(runs, start=1):
         settings = {**run["sizes"], **run["antibody"]}
+        settings["task_format"] = run.get("task_format", "bare answer")
         changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
         lines += [
             f"## Run {number} ({run['date']})",
