@@ -9,7 +9,8 @@ Peak memory: torch's CPU allocator keeps no statistics and tracemalloc does not 
 allocations, so the kernel's resident-set high-water mark is used. Each (model, stage, method)
 runs in a fresh subprocess: load the model, build the batch, run one warm-up step (optimizer
 state, lazy initialisation), reset the high-water mark (``echo 5 > /proc/self/clear_refs``),
-note the RSS, run ``--memory-steps`` steps, read ``VmHWM``. The step's memory is
+note the RSS (after ``gc`` and glibc's ``malloc_trim``, so that it is the live memory), run
+``--memory-steps`` steps, read ``VmHWM``. The step's memory is
 ``VmHWM - RSS before the steps`` (activations, gradients, the method's extra vectors);
 ``peak_memory_ratio`` compares that; the whole-process peak is reported too.
 
@@ -24,6 +25,8 @@ Run: .venv/bin/python bench/overhead.py [--models tiny-gpt2 smollm2-135m-instruc
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import re
@@ -222,11 +225,23 @@ def _status_kib(field: str) -> int:
     return int(match.group(1))
 
 
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the kernel (glibc ``malloc_trim``), so the RSS before the
+    steps is the live memory; otherwise the steps reuse cached free pages without raising the
+    high-water mark and the step's memory is under-counted by a varying amount."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_probe(model_name: str, stage: int, method: str, batch_size: int, steps: int) -> None:
     """Runs in the subprocess: prints {"rss_before_mib", "peak_mib"} as one JSON line."""
     model, params, batches = setup(model_name, batch_size)
     step = make_step(model, params, batches, stage, method)
     step()  # warm-up: optimizer state and lazy initialisation are not per-step costs
+    gc.collect()
+    _release_free_heap()
     Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
     before = _status_kib("VmRSS")
     for _ in range(steps):
