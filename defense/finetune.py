@@ -8,8 +8,9 @@
   the weights the other state reached when it last ended.
 
 Compute per micro-batch: one forward+backward on (prompt + completion) and, for ``antibody`` only,
-one no-grad forward on (prompt + refusal). The completion log-likelihood comes (detached) from the
-training forward itself.
+one no-grad forward over the refusal tokens, which attend to the prompt's keys and values kept
+from the training forward (``defense.refusal_score``). The completion log-likelihood comes
+(detached) from the training forward itself.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ from defense.loop import (
 )
 from defense.lora import lora_parameters
 from defense.losses import completion_token_counts, mean_token_logprob, proximal_penalty, token_nll
+from defense.refusal_score import (
+    refusal_logprob_from_cache,
+    refusal_logprob_full,
+    reusable_cache,
+    shared_prompt_lengths,
+)
 from defense.refusals import refusal_for
 from defense.seed import STREAM_GUIDE, STREAM_TRAIN, seed_everything
 from defense.weights import likelihood_ratio_scores, shifted_exp_weights, softmax_weights
@@ -113,7 +120,13 @@ def train_step(
     temperature = 1.0 if tau is None else tau
     for micro in micro_batches:
         batch = move_to(micro.completion, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Antibody keeps the forward's key/value cache: the refusal score reuses its prompt part.
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            use_cache=tau is not None,
+        )
+        logits = out.logits
         nll = token_nll(logits, batch["labels"])  # [b, T-1]
         counts = completion_token_counts(batch["labels"])  # [b]
         if tau is None:
@@ -121,7 +134,12 @@ def train_step(
         else:
             if micro.refusal is None:
                 raise ValueError("antibody weighting needs the refusal view of every micro-batch")
-            score = _likelihood_ratio(model, nll, counts, move_to(micro.refusal, device))  # [b]
+            refusal = move_to(micro.refusal, device)
+            score = likelihood_ratio_scores(
+                mean_token_logprob(nll.detach(), counts),
+                _refusal_logprob(model, logits, out.past_key_values, batch, refusal),
+            )  # [b]
+        del out  # the cache: the backward keeps what it needs
         new_shift = max(shift, float((score / temperature).max()))
         if new_shift > shift and scores:
             factor = math.exp(shift - new_shift)
@@ -163,24 +181,25 @@ def train_step(
     return StepOutput(loss=loss, tokens=tokens, sample_weights=sample_weights, extra=extra)
 
 
-def _likelihood_ratio(
-    model: nn.Module, nll: Tensor, counts: Tensor, refusal: dict[str, Tensor]
+def _refusal_logprob(
+    model: nn.Module,
+    logits: Tensor,
+    cache: Any,
+    completion: dict[str, Tensor],
+    refusal: dict[str, Tensor],
 ) -> Tensor:
-    """score [b] = mean log p(completion) (from the training forward's nll [b, T-1], detached)
-    - mean log p(refusal) (the one extra forward, without gradient, on the refusal view).
+    """b_i [b] = mean log p(refusal), from the one extra no-grad forward (spec §2.2).
 
-    The refusal forward runs in the model's current (train) mode, as the released scoring
-    forwards do; with LoRA dropout > 0 the completion term shares the training forward's mask.
+    Over the refusal tokens only, on the training forward's prompt cache, when both views share
+    their prompt tokens (always, unless truncation cut them differently); otherwise over the
+    whole refusal view. Either runs in the model's current (train) mode, as the released
+    scoring forwards do; the cache path shares the training forward's dropout masks on the
+    prompt, as the completion term a_i does.
     """
-    with torch.no_grad():
-        logits = model(
-            input_ids=refusal["input_ids"], attention_mask=refusal["attention_mask"]
-        ).logits
-        refusal_nll = token_nll(logits, refusal["labels"])  # [b, T_r-1]
-        refusal_logprob = mean_token_logprob(
-            refusal_nll, completion_token_counts(refusal["labels"])
-        )
-    return likelihood_ratio_scores(mean_token_logprob(nll.detach(), counts), refusal_logprob)
+    lengths = shared_prompt_lengths(completion, refusal)
+    if lengths is not None and reusable_cache(cache, completion["input_ids"].shape[1]):
+        return refusal_logprob_from_cache(model, logits, cache, completion, refusal, lengths)
+    return refusal_logprob_full(model, refusal)
 
 
 # ---------------------------------------------------------------------------------------------
