@@ -50,12 +50,7 @@ from defense.loop import (
 )
 from defense.lora import lora_parameters
 from defense.losses import completion_token_counts, mean_token_logprob, proximal_penalty, token_nll
-from defense.refusal_score import (
-    refusal_logprob_from_cache,
-    refusal_logprob_full,
-    reusable_cache,
-    shared_prompt_lengths,
-)
+from defense.refusal_score import refusal_logprob
 from defense.refusals import refusal_for
 from defense.seed import STREAM_GUIDE, STREAM_TRAIN, seed_everything
 from defense.weights import likelihood_ratio_scores, shifted_exp_weights, softmax_weights
@@ -137,7 +132,7 @@ def train_step(
             refusal = move_to(micro.refusal, device)
             score = likelihood_ratio_scores(
                 mean_token_logprob(nll.detach(), counts),
-                _refusal_logprob(model, logits, out.past_key_values, batch, refusal),
+                refusal_logprob(model, logits, out.past_key_values, batch, refusal),
             )  # [b]
         del out  # the cache: the backward keeps what it needs
         new_shift = max(shift, float((score / temperature).max()))
@@ -179,27 +174,6 @@ def train_step(
         weights = softmax_weights(torch.cat(scores), tau)  # [B_step]
         sample_weights = dict(zip(torch.cat(indices).tolist(), weights.tolist(), strict=True))
     return StepOutput(loss=loss, tokens=tokens, sample_weights=sample_weights, extra=extra)
-
-
-def _refusal_logprob(
-    model: nn.Module,
-    logits: Tensor,
-    cache: Any,
-    completion: dict[str, Tensor],
-    refusal: dict[str, Tensor],
-) -> Tensor:
-    """b_i [b] = mean log p(refusal), from the one extra no-grad forward (spec §2.2).
-
-    Over the refusal tokens only, on the training forward's prompt cache, when both views share
-    their prompt tokens (always, unless truncation cut them differently); otherwise over the
-    whole refusal view. Either runs in the model's current (train) mode, as the released
-    scoring forwards do; the cache path shares the training forward's dropout masks on the
-    prompt, as the completion term a_i does.
-    """
-    lengths = shared_prompt_lengths(completion, refusal)
-    if lengths is not None and reusable_cache(cache, completion["input_ids"].shape[1]):
-        return refusal_logprob_from_cache(model, logits, cache, completion, refusal, lengths)
-    return refusal_logprob_full(model, refusal)
 
 
 # ---------------------------------------------------------------------------------------------

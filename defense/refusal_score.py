@@ -12,7 +12,8 @@ Two ways, same number (tested to float tolerance in tests/defense/test_refusal_s
   ``len(refusal) - 1`` tokens instead of ``len(prompt) + len(refusal)``. This is what keeps
   Antibody's stage 2 near SFT's step time (``bench/results/overhead.md``).
 
-``train_step`` uses the cache path whenever ``shared_prompt_lengths`` says the two views agree and
+``refusal_logprob`` (what ``finetune.train_step`` and ``screening.score_examples`` call) takes the
+cache path whenever ``shared_prompt_lengths`` says the two views agree and
 the cache is a plain full-attention ``DynamicCache`` holding the training forward's positions;
 otherwise (a prompt truncated differently in the two views, gradient checkpointing, sliding-window
 attention) it falls back to the full forward, so the score is the same number either way.
@@ -27,6 +28,29 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from defense.data import IGNORE_INDEX
 from defense.losses import completion_token_counts, mean_token_logprob, token_nll
+
+
+def refusal_logprob(
+    model: nn.Module,
+    logits: Tensor,
+    cache: Cache | None,
+    completion: dict[str, Tensor],
+    refusal: dict[str, Tensor],
+) -> Tensor:
+    """b_i [b] = mean log p(refusal | prompt), from the one extra no-grad forward (spec §2.2).
+
+    ``logits`` and ``cache`` are the outputs of the forward on ``completion`` (run with
+    ``use_cache=True``). Over the refusal tokens only, on that forward's prompt cache, when both
+    views share their prompt tokens (always, unless truncation cut them differently); otherwise
+    over the whole refusal view. Either runs in the model's current mode: in training (train
+    mode, as the released scoring forwards) the cache path shares the training forward's dropout
+    masks on the prompt, as the completion term a_i does.
+    """
+    lengths = shared_prompt_lengths(completion, refusal)
+    if lengths is not None and reusable_cache(cache, completion["input_ids"].shape[1]):
+        assert isinstance(cache, DynamicCache)
+        return refusal_logprob_from_cache(model, logits, cache, completion, refusal, lengths)
+    return refusal_logprob_full(model, refusal)
 
 
 def refusal_logprob_full(model: nn.Module, refusal: dict[str, Tensor]) -> Tensor:

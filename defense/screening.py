@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from defense.data import EncodedExample, Example, collate, encode_example, pad_id_of
+from defense.loop import move_to
 from defense.losses import completion_token_counts, mean_token_logprob, token_nll
+from defense.refusal_score import refusal_logprob
 from defense.refusals import refusal_for
 from defense.weights import likelihood_ratio_scores
 
@@ -87,7 +89,11 @@ def score_examples(
 
     Negative: the model prefers refusing the prompt to giving this completion (what a pre-aligned
     model says of a harmful sample); a completion equal to its assigned refusal scores 0.
+    Per batch: one forward on (prompt + completion) and one over the refusal tokens on its prompt
+    cache (``defense.refusal_score.refusal_logprob``), as in training.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not examples:
         return []
     pad_id = pad_id_of(tokenizer)
@@ -98,9 +104,34 @@ def score_examples(
         encode_example(tokenizer, ex, max_seq_len, completion=refusal_for(i), index=i)
         for i, ex in enumerate(examples)
     ]
-    completion_lp, _ = completion_logprobs(model, completions, pad_id=pad_id, batch_size=batch_size)
-    refusal_lp, _ = completion_logprobs(model, refusals, pad_id=pad_id, batch_size=batch_size)
-    return [float(s) for s in likelihood_ratio_scores(completion_lp, refusal_lp)]
+    scores = torch.zeros(len(examples), dtype=torch.float32)  # [N]
+    order = sorted(range(len(examples)), key=lambda i: len(completions[i].input_ids))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                completion = move_to(collate([completions[i] for i in rows], pad_id), device)
+                refusal = move_to(collate([refusals[i] for i in rows], pad_id), device)
+                out = model(
+                    input_ids=completion["input_ids"],
+                    attention_mask=completion["attention_mask"],
+                    use_cache=True,
+                )
+                labels = completion["labels"]
+                completion_lp = mean_token_logprob(
+                    token_nll(out.logits, labels), completion_token_counts(labels)
+                )
+                refusal_lp = refusal_logprob(
+                    model, out.logits, out.past_key_values, completion, refusal
+                )
+                index = torch.tensor(rows, dtype=torch.long)
+                scores[index] = likelihood_ratio_scores(completion_lp, refusal_lp).float().cpu()
+    finally:
+        model.train(was_training)
+    return [float(s) for s in scores]
 
 
 def mean_token_nll(

@@ -10,9 +10,9 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerFast
 
 from defense.data import Example, collate, encode_example
-from defense.finetune import _refusal_logprob
 from defense.refusal_score import (
     prompt_lengths,
+    refusal_logprob,
     refusal_logprob_full,
     reusable_cache,
     shared_prompt_lengths,
@@ -60,7 +60,7 @@ def test_cache_path_equals_the_full_refusal_forward(
 
     out = _training_forward(model, completion)
     assert reusable_cache(out.past_key_values, completion["input_ids"].shape[1])  # type: ignore[attr-defined]
-    fast = _refusal_logprob(model, out.logits, out.past_key_values, completion, refusal)  # type: ignore[attr-defined]
+    fast = refusal_logprob(model, out.logits, out.past_key_values, completion, refusal)  # type: ignore[attr-defined]
     full = refusal_logprob_full(model, refusal)
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
     # Refusals differ per sample, so a wrong offset or mask could not match by accident.
@@ -79,7 +79,7 @@ def test_cache_path_leaves_the_training_gradient_unchanged(
             p.grad = None
         out = _training_forward(gpt2, completion)
         if score_refusal:
-            _refusal_logprob(gpt2, out.logits, out.past_key_values, completion, refusal)  # type: ignore[attr-defined]
+            refusal_logprob(gpt2, out.logits, out.past_key_values, completion, refusal)  # type: ignore[attr-defined]
         out.logits.float().logsumexp(-1).mean().backward()  # type: ignore[attr-defined]
         return [p.grad.clone() for p in params if p.grad is not None]
 
@@ -102,7 +102,7 @@ def test_prompts_truncated_differently_fall_back_to_the_full_forward(
     assert shared_prompt_lengths(completion, refusal) is None
     gpt2.eval()
     out = _training_forward(gpt2, completion)
-    score = _refusal_logprob(gpt2, out.logits, out.past_key_values, completion, refusal)  # type: ignore[attr-defined]
+    score = refusal_logprob(gpt2, out.logits, out.past_key_values, completion, refusal)  # type: ignore[attr-defined]
     torch.testing.assert_close(score, refusal_logprob_full(gpt2, refusal), rtol=0, atol=0)
 
 
