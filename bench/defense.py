@@ -858,9 +858,10 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"{LISA_CYCLES} cycles.",
         "- One seed; with n prompts a share has a standard error of about "
         "sqrt(s(1-s)/n) (0.05 at n=100, s=0.5).",
-        f"- Budget: the default sizes are chosen so that a cold run of the whole matrix fits in "
-        f"90 minutes on the 2 shared CPU cores (measured per-cell costs: bench/README.md); "
-        f"this invocation took {meta['minutes']:.1f} min.",
+        f"- Budget: the default sizes were chosen so that a cold run of the whole matrix fits in "
+        f"90 minutes on the 2-core machine of the tuning runs (about 52 min there); an AVX2-only "
+        f"2-core machine needs about 133 min (per-cell costs of both: bench/README.md); "
+        f"this invocation took {meta['minutes']:.1f} min (wall time, pauses included).",
         "",
         "## Caveats",
         "",
