@@ -24,7 +24,7 @@ Every cell (aligned adapter, fine-tuned adapter, evaluation row) is cached under
 directory with a key of its configuration, and training cells checkpoint as they go, so a rerun
 after an interruption skips finished work and resumes unfinished training.
 
-Run:   .venv/bin/python bench/defense.py                  (the default matrix, < 90 min on 2 cores)
+Run:   .venv/bin/python bench/defense.py                  (the default matrix: 52-133 min on 2 cores)
        .venv/bin/python bench/defense.py --quick          (tiny sizes, a pipeline smoke test)
        .venv/bin/python bench/defense.py --split tune --methods sft antibody --ps 0.2 --ab-tau 0.5
                                                           (a tuning run: AdvBench holdout, other seeds)
@@ -206,7 +206,8 @@ CAVEATS = (
 
 @dataclass(frozen=True)
 class Sizes:
-    """Every size of the run. The defaults fit the full matrix in < 90 min on 2 shared cores."""
+    """Every size of the run. The defaults fit the full matrix in < 90 min on the tuning
+    machine's 2 cores (about 133 min on an AVX2-only 2-core box: bench/README.md)."""
 
     n_align: int = 160
     """AdvBench alignment prompts used, both as (prompt, refusal) and (prompt, harmful answer)."""
