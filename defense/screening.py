@@ -21,7 +21,8 @@ Choices where the references are silent:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +38,26 @@ from defense.weights import likelihood_ratio_scores
 DEFAULT_BATCH_SIZE = 8
 
 
-@torch.no_grad()
+@contextmanager
+def _scoring_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for the block; the model's previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices grouped into batches of similar length (little padding), shortest first."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def completion_logprobs(
     model: nn.Module,
     encoded: Sequence[EncodedExample],
@@ -50,30 +70,20 @@ def completion_logprobs(
     encoded: N examples -> (logprob [N] float32, counts [N] long), in input order, on the CPU.
     The model is put in eval mode for the call and its previous mode restored.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches = _length_sorted_batches([len(e.input_ids) for e in encoded], batch_size)
     logprob = torch.zeros(len(encoded), dtype=torch.float32)  # [N]
     counts = torch.zeros(len(encoded), dtype=torch.long)  # [N]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = collate([encoded[i] for i in rows], pad_id)
+    with _scoring_mode(model):
+        for rows in batches:
+            batch = move_to(collate([encoded[i] for i in rows], pad_id), device)
             logits = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits  # [b, T, V]
-            labels = batch["labels"].to(device)  # [b, T]
-            nll = token_nll(logits, labels)  # [b, T-1]
-            n = completion_token_counts(labels)  # [b]
+            n = completion_token_counts(batch["labels"])  # [b]
             index = torch.tensor(rows, dtype=torch.long)
-            logprob[index] = mean_token_logprob(nll, n).float().cpu()
+            logprob[index] = mean_token_logprob(token_nll(logits, batch["labels"]), n).float().cpu()
             counts[index] = n.cpu()
-    finally:
-        model.train(was_training)
     return logprob, counts
 
 
@@ -104,33 +114,27 @@ def score_examples(
         encode_example(tokenizer, ex, max_seq_len, completion=refusal_for(i), index=i)
         for i, ex in enumerate(examples)
     ]
+    batches = _length_sorted_batches([len(c.input_ids) for c in completions], batch_size)
     scores = torch.zeros(len(examples), dtype=torch.float32)  # [N]
-    order = sorted(range(len(examples)), key=lambda i: len(completions[i].input_ids))
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                completion = move_to(collate([completions[i] for i in rows], pad_id), device)
-                refusal = move_to(collate([refusals[i] for i in rows], pad_id), device)
-                out = model(
-                    input_ids=completion["input_ids"],
-                    attention_mask=completion["attention_mask"],
-                    use_cache=True,
-                )
-                labels = completion["labels"]
-                completion_lp = mean_token_logprob(
-                    token_nll(out.logits, labels), completion_token_counts(labels)
-                )
-                refusal_lp = refusal_logprob(
-                    model, out.logits, out.past_key_values, completion, refusal
-                )
-                index = torch.tensor(rows, dtype=torch.long)
-                scores[index] = likelihood_ratio_scores(completion_lp, refusal_lp).float().cpu()
-    finally:
-        model.train(was_training)
+    with _scoring_mode(model):
+        for rows in batches:
+            completion = move_to(collate([completions[i] for i in rows], pad_id), device)
+            refusal = move_to(collate([refusals[i] for i in rows], pad_id), device)
+            out = model(
+                input_ids=completion["input_ids"],
+                attention_mask=completion["attention_mask"],
+                use_cache=True,
+            )
+            labels = completion["labels"]
+            completion_lp = mean_token_logprob(
+                token_nll(out.logits, labels), completion_token_counts(labels)
+            )
+            refusal_lp = refusal_logprob(
+                model, out.logits, out.past_key_values, completion, refusal
+            )
+            index = torch.tensor(rows, dtype=torch.long)
+            scores[index] = likelihood_ratio_scores(completion_lp, refusal_lp).float().cpu()
     return [float(s) for s in scores]
 
 
