@@ -544,9 +544,11 @@ def evaluate(
 
 
 def eval_key(ctx: Context) -> str:
+    """Digest of what an evaluation depends on besides the model: the sets, the generation
+    settings and the judge (its phrases and idioms), so a changed judge re-evaluates."""
     s = ctx.sizes
     settings = (s.gen_tokens, s.task_gen_tokens, s.eval_batch)
-    return config_key(BENCH_VERSION, ctx.evals, settings)
+    return config_key(BENCH_VERSION, ctx.evals, settings, repr(KeywordJudge()))
 
 
 def cached_eval(

@@ -52,6 +52,7 @@ from bench.common import (  # noqa: E402
     write_json,
     write_text_atomic,
 )
+from bench.defense import worked_answer  # noqa: E402
 from core.config import Settings  # noqa: E402
 from defense.align import align  # noqa: E402
 from defense.assets import advbench_split, arithmetic_task  # noqa: E402
@@ -192,7 +193,7 @@ def attack_data(
     if len(harmful) < needed:
         raise SystemExit(f"only {len(harmful)} harmful pairs; {needed} needed")
     items = arithmetic_task(sizes.n, TRAIN_SEED)
-    benign = [Example.from_prompt_completion(i.question, i.answer) for i in items]
+    benign = [Example.from_prompt_completion(i.question, worked_answer(i)) for i in items]
     mixed = attack_dataset(benign, harmful, sizes.p, sizes.n, ATTACK_SEED)
     return [example for example, _ in mixed], [flag for _, flag in mixed]
 
@@ -412,7 +413,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Model: {result['model']}; aligned adapter: `{json.dumps(result['aligned_adapter'])}`  ",
         f"Data: {result['n_lines']} lines, {result['n_harmful']} harmful (AdvBench attack split, "
         f"the base model's greedy {result['sizes']['harmful_answer_tokens']}-token answers) + "
-        "arithmetic items (reasoning-gym, seed 1), shuffled with seed 0 - bench/defense.py's recipe.",
+        "arithmetic items (reasoning-gym, seed 1, completions in the worked form '5 - 3 = 2'), "
+        "shuffled with seed 0 - bench/defense.py's recipe.",
         "",
         "Harmful lines are the positive class. A line is flagged when its value is below the "
         "threshold (the service defaults: `screen_threshold`, `flag_relative_weight`); AUC ranks "
