@@ -543,6 +543,12 @@ def evaluate(
     }
 
 
+JUDGE_VERSION = 2
+"""Which KeywordJudge scored a tuning run (bench/results/defense.tuning.md): 1 = refusal phrases
+only; 2 = compliant idioms ("I can't wait") blanked first. Bump it with any change to the judge
+(the evaluation caches key on the judge itself and need no bump)."""
+
+
 def eval_key(ctx: Context) -> str:
     """Digest of what an evaluation depends on besides the model: the sets, the generation
     settings and the judge (its phrases and idioms), so a changed judge re-evaluates."""
@@ -943,29 +949,52 @@ def status(meta: dict[str, Any]) -> str:
 
 
 def tuning_record(ctx: Context, tuning_file: Path) -> None:
-    """Tuning runs (``--split tune``) are kept side by side in one file, keyed by their params."""
+    """Tuning runs (``--split tune``) are kept side by side in one file, keyed by their params.
+
+    A rerun with the same params adds its rows to that run's (a row of the same method, stage
+    and p is replaced), so a run that covers fewer methods or ratios loses nothing recorded."""
     runs = read_json(tuning_file) if tuning_file.is_file() else []
-    entry = {
+    rows = [metrics_short(r) for r in ctx.rows]
+    entry: dict[str, Any] = {
         "task_format": TASK_FORMAT,
+        "judge": JUDGE_VERSION,
         "antibody": asdict(ctx.antibody),
         "sizes": asdict(ctx.sizes),
         "date": utc_now(),
         "command": command_line(),
-        "rows": [metrics_short(r) for r in sorted(ctx.rows, key=row_sort_key)],
     }
+    same = [r for r in runs if tuning_key(r) == tuning_key(entry)]
+    if same:
+        fresh = {cell_of(r) for r in rows}
+        rows = [r for r in same[0]["rows"] if cell_of(r) not in fresh] + rows
+        if same[0]["command"] != entry["command"]:
+            entry["command"] = f"{same[0]['command']}` then `{entry['command']}"
+    entry["rows"] = sorted(rows, key=row_sort_key)
     runs = [r for r in runs if tuning_key(r) != tuning_key(entry)] + [entry]
     write_json(tuning_file, runs)
     write_text_atomic(tuning_file.with_suffix(".md"), tuning_markdown(runs))
 
 
+def cell_of(row: dict[str, Any]) -> tuple[str, str, float | None]:
+    return row["method"], row["stage"], row["p"]
+
+
 def tuning_key(run: dict[str, Any]) -> str:
-    """Runs before the arithmetic format changed carry no ``task_format``: bare answers."""
-    return config_key(run.get("task_format", "bare answer"), run["antibody"], run["sizes"])
+    """Runs before the arithmetic format changed carry no ``task_format``: bare answers; runs
+    before the judge learnt its idioms carry no ``judge``: version 1."""
+    return config_key(
+        run.get("task_format", "bare answer"), run.get("judge", 1), run["antibody"], run["sizes"]
+    )
 
 
 def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
     """Every tuning run (``--split tune``): what differed from the final defaults, and its rows."""
-    defaults = {**asdict(Sizes()), **asdict(AntibodyParams()), "task_format": TASK_FORMAT}
+    defaults = {
+        **asdict(Sizes()),
+        **asdict(AntibodyParams()),
+        "task_format": TASK_FORMAT,
+        "judge": JUDGE_VERSION,
+    }
     lines = [
         "# Tuning runs of the defense benchmark (tune split: never reported)",
         "",
@@ -980,6 +1009,7 @@ def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
     for number, run in enumerate(runs, start=1):
         settings = {**run["sizes"], **run["antibody"]}
         settings["task_format"] = run.get("task_format", "bare answer")
+        settings["judge"] = run.get("judge", 1)
         changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
         lines += [
             f"## Run {number} ({run['date']})",
