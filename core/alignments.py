@@ -12,8 +12,9 @@ Choices the contract leaves open (each named where it is made):
   instead of creating a second one (a restarted ``ftaas serve`` or a retried request).
 * A ``ready`` aligned row stays ``ready`` while a re-alignment runs, so users keep training on the
   current version until the new adapter replaces it; a new or ``error`` row becomes ``pending``.
-* Hyperparameter names: ``steps``, ``batch_size``, ``learning_rate``, ``samples``, ``seed`` (filled
-  from settings), plus the method knobs of ``defense.config.AlignConfig`` passed through by name.
+* Hyperparameter names: ``steps``, ``batch_size``, ``learning_rate``, ``samples``,
+  ``retain_samples`` (benign retain pairs in the safe set, 0 = none), ``seed`` (filled from
+  settings), plus the method knobs of ``defense.config.AlignConfig`` passed through by name.
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ ALIGNMENT_TRAINING_FILE = "advbench:alignment"
 ACTIVE = (jobs.JobStatus.QUEUED, jobs.JobStatus.RUNNING, jobs.JobStatus.PAUSED)
 
 # Knobs of defense.config.AlignConfig an admin may set, with the type each must have.
-_INT_KEYS = ("steps", "batch_size", "samples", "seed", "grad_accum", "warmup_steps")
+_INT_KEYS = (
+    "steps",
+    "batch_size",
+    "samples",
+    "retain_samples",
+    "seed",
+    "grad_accum",
+    "warmup_steps",
+)
 _FLOAT_KEYS = (
     "learning_rate",
     "weight_decay",
@@ -83,12 +92,15 @@ def resolve_alignment_hyperparameters(
         "batch_size": settings.alignment_batch_size,
         "learning_rate": settings.alignment_learning_rate,
         "samples": settings.alignment_samples,
+        "retain_samples": settings.alignment_retain_samples,
         "seed": 0,
     }
     resolved.update(requested)
     for key in ("steps", "batch_size", "samples"):
         if int(resolved[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {resolved[key]!r}")
+    if int(resolved["retain_samples"]) < 0:
+        raise ValueError(f"retain_samples must be >= 0, got {resolved['retain_samples']!r}")
     return resolved
 
 
@@ -174,6 +186,7 @@ def create_alignment_job(
         method=method,
         steps=int(resolved["steps"]),
         samples=int(resolved["samples"]),
+        retain_samples=int(resolved["retain_samples"]),
         batch_size=int(resolved["batch_size"]),
         settings=settings,
     )
@@ -220,6 +233,8 @@ _SPEEDS: dict[str, _Speed] = {
     ),
 }
 _HARMFUL_NEW_TOKENS = 128  # defense.attack.HARMFUL_MAX_NEW_TOKENS
+_RETAIN_NEW_TOKENS = 48  # defense.retain.RETAIN_ANSWER_TOKENS
+_RETAIN_REQUESTS = 160  # len(defense.retain.all_retain_prompts()): more cannot be asked for
 
 
 @dataclass(frozen=True)
@@ -230,11 +245,19 @@ class AlignmentEstimate:
 
 
 def estimate_alignment(
-    *, base: str, method: str, steps: int, samples: int, batch_size: int, settings: Settings
+    *,
+    base: str,
+    method: str,
+    steps: int,
+    samples: int,
+    batch_size: int,
+    settings: Settings,
+    retain_samples: int = 0,
 ) -> AlignmentEstimate:
     """Wall-clock estimate of an alignment on a CPU like the reference one: generating the
-    harmful answers once (when the method needs them and the cache is cold), the steps, and the
-    safety evaluation. Unknown models use SmolLM2's figures scaled by nothing: a guess, said so."""
+    harmful answers (when the method needs them) and the retain answers once (each only while
+    its cache is cold), the steps, and the safety evaluation. Unknown models use SmolLM2's
+    figures scaled by nothing: a guess, said so."""
     speed = _SPEEDS.get(base)
     basis = f"measured for {base} on a 2-core CPU"
     if speed is None:
@@ -245,13 +268,19 @@ def estimate_alignment(
     if method in ("antibody", "booster") and not cache.exists():
         batches = math.ceil(samples / 8)
         generation = batches * _HARMFUL_NEW_TOKENS * speed.token_s
+    if retain_samples and not (settings.resolved_models_dir / base / "retain_pairs.jsonl").exists():
+        generation += (
+            math.ceil(min(retain_samples, _RETAIN_REQUESTS) / 8)
+            * _RETAIN_NEW_TOKENS
+            * speed.token_s
+        )
     eval_prompts = settings.safety_eval_harmful + settings.safety_eval_benign
     evaluation = math.ceil(eval_prompts / 8) * settings.safety_eval_max_new_tokens * speed.token_s
     seconds = int(speed.load_s + generation + steps * per_step + evaluation)
     text = (
         f"Estimated time on a CPU: about {_human(seconds)} "
         f"({steps} steps x {per_step:.1f} s"
-        + (f", harmful answers {_human(int(generation))}" if generation else "")
+        + (f", base-model answers {_human(int(generation))}" if generation else "")
         + f", safety evaluation {_human(int(evaluation))}; {basis}; a GPU is far faster)."
     )
     return AlignmentEstimate(seconds=seconds, text=text, basis=basis)

@@ -79,11 +79,20 @@ class Settings(BaseSettings):
     align_on_first_start: bool = Field(
         True, description="`ftaas serve` queues the default model's alignment when none is cached."
     )
-    alignment_steps: int = Field(60, description="Optimizer steps of an alignment job.")
+    # The alignment defaults are bench/defense.py's tuned recipe on SmolLM2-135M (160 refusal +
+    # 160 retain pairs, 25 steps of 8 at lr 5e-4; bench/results/defense.tuning.md, runs 11-12).
+    alignment_steps: int = Field(25, description="Optimizer steps of an alignment job.")
     alignment_batch_size: int = Field(8, description="Batch size of an alignment job.")
     alignment_learning_rate: float = Field(5e-4, description="Learning rate of an alignment job.")
     alignment_samples: int = Field(
-        200, description="AdvBench prompts (refusal + harmful answer pairs) used for alignment."
+        160, description="AdvBench prompts (refusal + harmful answer pairs) used for alignment."
+    )
+    alignment_retain_samples: int = Field(
+        160,
+        ge=0,
+        description="Benign requests (defense.retain, at most 160) answered by the base model "
+        "itself, added to every alignment's safe set so the aligned model keeps answering benign "
+        "requests; 0 aligns on refusals alone.",
     )
     safety_eval_harmful: int = Field(
         40, description="Held-out HarmBench prompts per safety evaluation."

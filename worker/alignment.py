@@ -1,8 +1,10 @@
 """Alignment jobs (stage 1): turn a base model into its pre-aligned model ``<base>-<method>``.
 
 Flow (docs/defended-jobs.md): the AdvBench alignment split's first ``samples`` prompts, each with
-its refusal (``defense.refusals``, the safe view) and, for Antibody and Booster, the unaligned
-base model's own greedy answer (the harmful view, generated once and cached at
+its refusal (``defense.refusals``), plus ``retain_samples`` benign requests (``defense.retain``)
+with the unaligned base model's own answers (cached at ``models_dir/<base>/retain_pairs.jsonl``):
+together the safe view, for every method; for Antibody and Booster also the base model's own
+greedy answers to the harmful prompts (the harmful view, generated once and cached at
 ``models_dir/<base>/harmful_pairs.jsonl``) -> ``defense.align.align`` on a fresh LoRA adapter, with
 the job's reporter (progress with time left, heartbeat, cancel/pause, resumable checkpoints) ->
 the adapter saved atomically to ``models_dir/<aligned id>/adapter`` -> safety scores of the aligned
@@ -46,6 +48,7 @@ from worker.reporting import JobReporter
 from worker.safety import SafetyEvaluator, describe
 
 HARMFUL_PAIRS_FILE = "harmful_pairs.jsonl"
+RETAIN_PAIRS_FILE = "retain_pairs.jsonl"
 GENERATION_BATCH_SIZE = 8
 
 # AlignConfig fields an alignment job's hyperparameters may set directly (others are mapped).
@@ -99,6 +102,31 @@ def safe_view(prompts: Sequence[str]) -> list[Any]:
 
 def harmful_pairs_path(settings: Settings, base: str) -> Path:
     return settings.resolved_models_dir / base / HARMFUL_PAIRS_FILE
+
+
+def retain_pairs_path(settings: Settings, base: str) -> Path:
+    return settings.resolved_models_dir / base / RETAIN_PAIRS_FILE
+
+
+def retain_view(
+    n: int, model: Any, tokenizer: Any, *, cache: Path, message: Callable[[str], None]
+) -> list[Any]:
+    """``n`` benign retain requests with the base model's own answers (generated once into
+    ``cache``; answers the judge calls refusals dropped). Without them a small model aligned on
+    refusals alone refuses every request (bench/defense.py's first tuning run)."""
+    from defense.attack import read_pair_cache
+    from defense.retain import retain_pairs, retain_prompts
+
+    prompts = retain_prompts(n)
+    missing = [p for p in prompts if p not in read_pair_cache(cache)]
+    if missing:
+        message(
+            f"Generating the unaligned base model's answers to {len(missing)} benign retain "
+            f"requests (once; cached at {cache})."
+        )
+    return retain_pairs(
+        prompts, model, tokenizer, cache_path=cache, batch_size=GENERATION_BATCH_SIZE
+    )
 
 
 def aligned_adapter_dir(settings: Settings, aligned_id: str) -> Path:
@@ -171,7 +199,16 @@ def run_alignment(
     model, tokenizer = load_base(base_path)
     model.to(torch.device(resolve_device(settings.device)))  # type: ignore[arg-type]
     prompts = alignment_prompts(int(plan.hyperparameters["samples"]))
-    safe = safe_view(prompts)
+    refusals = safe_view(prompts)
+    retain = retain_view(
+        # A job queued before retain pairs existed resolved no such key: it keeps refusals only.
+        int(plan.hyperparameters.get("retain_samples", 0)),
+        model,
+        tokenizer,
+        cache=retain_pairs_path(settings, plan.base),
+        message=reporter.message,
+    )
+    safe = refusals + retain
     harmful: list[Any] = []
     if config.uses_harmful_data:
         cache = harmful_pairs_path(settings, plan.base)
@@ -192,8 +229,9 @@ def run_alignment(
             )
     peft_model = attach_lora(model, LoraSettings(), seed=plan.seed)
     reporter.message(
-        f"Aligning {plan.base} with {plan.method}: {len(safe)} refusal and {len(harmful)} "
-        f"harmful examples, {config.max_steps} steps of batch {config.batch_size}."
+        f"Aligning {plan.base} with {plan.method}: {len(refusals)} refusal, {len(retain)} "
+        f"retain and {len(harmful)} harmful examples, {config.max_steps} steps of batch "
+        f"{config.batch_size}."
     )
     job_dir = store.path(job_dir_key(plan.job_id))
     reporter.begin(
@@ -231,6 +269,10 @@ def run_alignment(
             "n_harmful": len(harmful),
             "harmful_answers": f"greedy answers of the unaligned {plan.base}" if harmful else None,
             "refusals": "defense/data/refusals.txt, line i mod 100 for prompt i",
+            "n_retain": len(retain),
+            "retain": f"defense.retain requests, greedy answers of the unaligned {plan.base}"
+            if retain
+            else None,
         },
         "seed": plan.seed,
         "adapter": {"r": LoraSettings().r, "alpha": LoraSettings().alpha},

@@ -88,6 +88,7 @@ ALIGNMENT_RANGES: dict[str, Range] = {
     "steps": Range(True, 1, 100_000),
     "batch_size": Range(True, 1, 256),
     "samples": Range(True, 1, 100_000),
+    "retain_samples": Range(True, 0, 160),
     "seed": Range(True, 0, SEED_MAX),
     "grad_accum": Range(True, 1, 256),
     "warmup_steps": Range(True, 0, 100_000),
@@ -114,14 +115,17 @@ def _described(name: str, what: str) -> Any:
 
 class AlignmentHyperparameters(BaseModel):
     """Stage-1 training settings. Each one left out (or null) takes the server's setting
-    (alignment_steps, alignment_batch_size, alignment_learning_rate, alignment_samples) or the
-    method's default."""
+    (alignment_steps, alignment_batch_size, alignment_learning_rate, alignment_samples,
+    alignment_retain_samples) or the method's default."""
 
     model_config = ConfigDict(extra="forbid")
 
     steps: int | None = _described("steps", "Optimizer steps")
     batch_size: int | None = _described("batch_size", "Examples per micro-batch")
     samples: int | None = _described("samples", "AdvBench alignment prompts used")
+    retain_samples: int | None = _described(
+        "retain_samples", "Benign retain requests (with the base model's answers) in the safe set"
+    )
     seed: int | None = _described("seed", "Random seed; 0 if absent")
     grad_accum: int | None = _described("grad_accum", "Micro-batches per optimizer step")
     warmup_steps: int | None = _described("warmup_steps", "Learning-rate warm-up steps")

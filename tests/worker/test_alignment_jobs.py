@@ -111,7 +111,15 @@ def test_hyperparameters_and_estimate(settings: Settings) -> None:
         settings=settings,
     )  # fmt: skip
     assert 0 < quick.seconds < slow.seconds  # antibody: 4 passes a step and harmful answers
-    assert "Estimated time" in slow.text and "harmful answers" in slow.text
+    assert "Estimated time" in slow.text and "base-model answers" in slow.text
+    with_retain = estimate_alignment(
+        base="smollm2-135m-instruct", method="sft", steps=10, samples=8, batch_size=8,
+        settings=settings, retain_samples=16,
+    )  # fmt: skip
+    assert with_retain.seconds > quick.seconds and "base-model answers" in with_retain.text
+    assert resolved["retain_samples"] == settings.alignment_retain_samples
+    with pytest.raises(ValueError, match="retain_samples must be >= 0"):
+        resolve_alignment_hyperparameters({"retain_samples": -1}, settings=settings)
 
 
 def test_waiting_gives_the_attempt_back(

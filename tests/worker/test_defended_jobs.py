@@ -193,6 +193,10 @@ def test_alignment_screening_and_gated_jobs(
     assert (settings.resolved_models_dir / "tiny-gpt2" / "harmful_pairs.jsonl").is_file()
     assert aligned.alignment_job_id == alignment_id
     assert aligned.lineage["data"]["n"] == 8 and aligned.lineage["data"]["split"] == "alignment"
+    # The safe set also held benign retain requests with the base model's own answers (cached).
+    retain_cache = settings.resolved_models_dir / "tiny-gpt2" / "retain_pairs.jsonl"
+    assert retain_cache.is_file() and len(retain_cache.read_text().splitlines()) == 4
+    assert 0 <= aligned.lineage["data"]["n_retain"] <= 4
     assert aligned.lineage["hyperparameters"]["steps"] == 2
     assert set(aligned.lineage) >= {"base", "method", "hyperparameters", "data", "seed"}
     assert aligned.safety["n_harmful"] == 4 and 0.0 <= aligned.safety["harmful_score"] <= 1.0
