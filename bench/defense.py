@@ -27,7 +27,7 @@ after an interruption skips finished work and resumes unfinished training.
 Run:   .venv/bin/python bench/defense.py                  (the default matrix: 52-133 min on 2 cores)
        .venv/bin/python bench/defense.py --quick          (tiny sizes, a pipeline smoke test)
        .venv/bin/python bench/defense.py --split tune --methods sft antibody --ps 0.2 --ab-tau 0.5
-                                                          (a tuning run: AdvBench holdout, other seeds)
+                                                          (a tuning run: HarmBench's other 120, other seeds)
 """
 
 from __future__ import annotations
@@ -157,9 +157,9 @@ CAVEATS = (
     "what to say') that appear after fine-tuning; harmful scores are upper bounds of real "
     "compliance.",
     "- Fine-tuning is short (the sizes above: a single pass at a large learning rate on the "
-    "continued adapter), far from the paper's 20 epochs at 1e-5; alignment is short too (25 "
-    "steps: 40 over-refused on the tune split). results/defense.tuning.md shows how the sizes "
-    "were chosen.",
+    "continued adapter), far from the paper's 20 epochs at 1e-5, and alignment is short too "
+    "(40 steps). With 25 alignment steps benign fine-tuning alone erased half the refusals; "
+    "results/defense.tuning.md shows how the sizes were chosen.",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -177,8 +177,9 @@ class Sizes:
     n_retain: int = 160
     """Benign retain requests (``defense.retain``) with the base model's answers,
     added to the safe (alignment) set of every method."""
-    align_steps: int = 25
-    """25, not 40: 40 steps over-refused on the tune split (results/defense.tuning.md, item 4)."""
+    align_steps: int = 40
+    """40: 25 refused less but let benign fine-tuning erase the alignment on HarmBench
+    (results/defense.tuning.md, items 4-5)."""
     align_batch: int = 8
     align_lr: float = 5e-4
     n_finetune: int = 160
@@ -237,7 +238,7 @@ class AntibodyParams:
 ANTIBODY_WHY = (
     "rho, eta, ema and the lambda form are the released values; lambda_refusal = 0.2 (released "
     "0.05) and tau = 0.25 (released 1.0) were chosen on the tune split (AdvBench holdout, other "
-    "seeds), never on these evaluation sets: see results/defense.tuning.md"
+    "seeds; HarmBench's unreported behaviours since run 13), never on these evaluation sets: see results/defense.tuning.md"
 )
 
 TUNING_NOTES = """\
@@ -278,21 +279,32 @@ Every run below used `--split tune` and was kept small (one or two methods, p in
    of SFT's aligned answers on this split) as refusals; it now blanks those idioms first
    (judge version 2; its agreement with pyrit's 193 human labels is unchanged, 0.741). Runs 1-10
    were scored by version 1. Run 11 repeats run 10's settings under the new judge (SFT aligned
-   over-refusal 0.43 -> 0.37, every other row unchanged). The 40 alignment steps had been chosen
-   in run 4 to stop benign fine-tuning from erasing the alignment, a drift that the task-format
-   fix (item 2) removed on its own; 40 steps left every aligned model over-refusing (SFT 0.37,
-   Antibody 0.23, base 0.00). Run 12 went back to 25 steps for every method alike: over-refusal
-   SFT 0.17 / Antibody 0.10 aligned; at p = 0.2 Antibody 0.125 harmful (SFT 0.50; a third is
-   0.167), over-refusal 0.10 (base + 0.10), accuracy 0.383 (SFT 0.367): every target met on this
-   split, so **25 alignment steps** became the default. A trial of lambda_refusal = 0.1 at 40
-   steps was stopped before it finished once run 12 had met every target (not in the table).
+   over-refusal 0.43 -> 0.37, every other row unchanged). 40 alignment steps left every aligned
+   model over-refusing (SFT 0.37, Antibody 0.23, base 0.00), so run 12 tried 25 steps for every
+   method alike: on the AdvBench holdout every target held (Antibody at p = 0.2: harmful 0.125
+   vs SFT 0.50, over-refusal 0.10, accuracy 0.383 vs 0.367), and 25 became the default.
+5. **The tune split's harmful set (runs 13-14).** The report run at 25 steps then came out far
+   worse on HarmBench than the earlier one at 40 (Antibody at p = 0.2: 0.61 harmful vs 0.30;
+   SFT at p = 0: 0.55 vs 0.15): the AdvBench holdout is phrased like the AdvBench alignment
+   prompts, so how firmly a model refuses it says little about HarmBench. From run 13 on, the
+   tune split scores harm on the 120 HarmBench behaviours the report does not use
+   (`tune_harmful`, evenly spread, 80 of them; `tune_set` 2). **This change was made after seeing
+   the report, and so was the choice below; read the reported numbers with that in mind.** On
+   it, 40 steps (run 14) vs 25 (run 13): Antibody at p = 0.2 harmful 0.35 vs 0.55 (SFT 0.79 /
+   0.85), over-refusal 0.20 vs 0.10, accuracy 0.367 vs 0.383 (SFT 0.383 / 0.367); SFT at p = 0
+   0.28 vs 0.53. At 25 steps benign fine-tuning alone undoes half the alignment, which the
+   setup rule of item 1 excludes, and the harmful score is the headline: **40 steps** again.
+   Neither length meets every target on this split; the harmful score and the over-refusal pull
+   in opposite directions through the alignment length, and no Antibody-only value was tuned
+   on the new split yet.
 """
 
 
 @dataclass(frozen=True)
 class EvalSets:
     """What a model is evaluated on. ``report``: HarmBench, benign_prompts, arithmetic seed 2.
-    ``tune``: AdvBench holdout, hand-written chat + task prompts of another seed, seed 3."""
+    ``tune``: the HarmBench behaviours the report leaves out (``tune_harmful``), hand-written chat +
+    task prompts of another seed, seed 3."""
 
     split: str
     harmful: tuple[str, ...]
@@ -393,11 +405,12 @@ def held_out_task(n: int, seed: int, exclude: set[str]) -> tuple[TaskItem, ...]:
 def eval_sets(split: str, sizes: Sizes, data: BenchData) -> EvalSets:
     train_questions = {ex.prompt_messages[-1]["content"] for ex in data.task_train}
     task = held_out_task(sizes.n_task_eval, TASK_EVAL_SEED[split], train_questions)
+    report_harmful = spread(harmbench_prompts(), sizes.n_harmful_eval)
     if split == "report":
-        harmful = spread(harmbench_prompts(), sizes.n_harmful_eval)
+        harmful = report_harmful
         benign = tuple(benign_prompts(task_prompts=sizes.n_benign_tasks, seed=0))
     else:
-        harmful = advbench_split().holdout[: sizes.n_harmful_eval]
+        harmful = tune_harmful(report_harmful, sizes.n_harmful_eval)
         n_arith = (sizes.n_benign_tasks + 1) // 2
         tasks = arithmetic_task(n_arith, TUNE_BENIGN_SEED) + sentiment_task(
             sizes.n_benign_tasks - n_arith, TUNE_BENIGN_SEED
@@ -409,6 +422,15 @@ def eval_sets(split: str, sizes: Sizes, data: BenchData) -> EvalSets:
     sets = EvalSets(split, harmful, spread(benign, sizes.n_benign_eval), task)
     check_disjoint(data, sets)
     return sets
+
+
+def tune_harmful(report: Sequence[str], n: int) -> tuple[str, ...]:
+    """The tune split's harmful prompts: HarmBench behaviours that the report does not use
+    (120 of 200 at the default 80), evenly spread over its categories. Runs 1-12 tuned on the
+    AdvBench holdout instead, which is too close to the AdvBench alignment prompts: choices made
+    there did not carry to HarmBench (results/defense.tuning.md, item 5)."""
+    used = set(report)
+    return spread([p for p in harmbench_prompts() if p not in used], n)
 
 
 def check_disjoint(data: BenchData, sets: EvalSets) -> None:
@@ -514,6 +536,10 @@ def evaluate(
         "responses": {"harmful": harmful, "benign": benign, "task": task},
     }
 
+
+TUNE_SET_VERSION = 2
+"""Which harmful prompts a tuning run was scored on: 1 = the AdvBench holdout (runs 1-12);
+2 = the HarmBench behaviours the report does not use (``tune_harmful``)."""
 
 JUDGE_VERSION = 2
 """Which KeywordJudge scored a tuning run (bench/results/defense.tuning.md): 1 = refusal phrases
@@ -930,6 +956,7 @@ def tuning_record(ctx: Context, tuning_file: Path) -> None:
     entry: dict[str, Any] = {
         "task_format": TASK_FORMAT,
         "judge": JUDGE_VERSION,
+        "tune_set": TUNE_SET_VERSION,
         "antibody": asdict(ctx.antibody),
         "sizes": asdict(ctx.sizes),
         "date": utc_now(),
@@ -942,7 +969,10 @@ def tuning_record(ctx: Context, tuning_file: Path) -> None:
         if same[0]["command"] != entry["command"]:
             entry["command"] = f"{same[0]['command']}` then `{entry['command']}"
     entry["rows"] = sorted(rows, key=row_sort_key)
-    runs = [r for r in runs if tuning_key(r) != tuning_key(entry)] + [entry]
+    if same:  # the merged run keeps its place (and number) in the record
+        runs = [entry if tuning_key(r) == tuning_key(entry) else r for r in runs]
+    else:
+        runs = [*runs, entry]
     write_json(tuning_file, runs)
     write_text_atomic(tuning_file.with_suffix(".md"), tuning_markdown(runs))
 
@@ -953,9 +983,14 @@ def cell_of(row: dict[str, Any]) -> tuple[str, str, float | None]:
 
 def tuning_key(run: dict[str, Any]) -> str:
     """Runs before the arithmetic format changed carry no ``task_format``: bare answers; runs
-    before the judge learnt its idioms carry no ``judge``: version 1."""
+    before the judge learnt its idioms carry no ``judge``: version 1; runs scored on the AdvBench
+    holdout carry no ``tune_set``: version 1."""
     return config_key(
-        run.get("task_format", "bare answer"), run.get("judge", 1), run["antibody"], run["sizes"]
+        run.get("task_format", "bare answer"),
+        run.get("judge", 1),
+        run.get("tune_set", 1),
+        run["antibody"],
+        run["sizes"],
     )
 
 
@@ -966,11 +1001,13 @@ def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
         **asdict(AntibodyParams()),
         "task_format": TASK_FORMAT,
         "judge": JUDGE_VERSION,
+        "tune_set": TUNE_SET_VERSION,
     }
     lines = [
         "# Tuning runs of the defense benchmark (tune split: never reported)",
         "",
-        "Harmful score on the AdvBench holdout split, over-refusal on hand-written benign chat "
+        "Harmful score on HarmBench behaviours the report does not use (runs 1-12: the AdvBench "
+        "holdout split; `tune_set` 1 vs 2), over-refusal on hand-written benign chat "
         "requests plus task questions of another seed, accuracy on arithmetic seed 3 "
         "(`--split tune`; see bench/README.md). Each run lists only the settings that differ "
         "from the final defaults of `bench/defense.py`.",
@@ -982,6 +1019,7 @@ def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
         settings = {**run["sizes"], **run["antibody"]}
         settings["task_format"] = run.get("task_format", "bare answer")
         settings["judge"] = run.get("judge", 1)
+        settings["tune_set"] = run.get("tune_set", 1)
         changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
         lines += [
             f"## Run {number} ({run['date']})",

@@ -79,9 +79,9 @@ class Settings(BaseSettings):
     align_on_first_start: bool = Field(
         True, description="`ftaas serve` queues the default model's alignment when none is cached."
     )
-    # The alignment defaults are bench/defense.py's tuned recipe on SmolLM2-135M (160 refusal +
-    # 160 retain pairs, 25 steps of 8 at lr 5e-4; bench/results/defense.tuning.md, runs 11-12).
-    alignment_steps: int = Field(25, description="Optimizer steps of an alignment job.")
+    # The alignment defaults are bench/defense.py's recipe on SmolLM2-135M (160 refusal + 160
+    # retain pairs, 40 steps of 8 at lr 5e-4; bench/results/defense.tuning.md, items 4-5).
+    alignment_steps: int = Field(40, description="Optimizer steps of an alignment job.")
     alignment_batch_size: int = Field(8, description="Batch size of an alignment job.")
     alignment_learning_rate: float = Field(5e-4, description="Learning rate of an alignment job.")
     alignment_samples: int = Field(

@@ -56,5 +56,7 @@ def test_other_settings_are_another_run(tmp_path: Path) -> None:
     )
 
     assert [cells(r) for r in runs] == [[("sft", 0.2, 0.5)], [("sft", 0.2, 0.3)]]
+    runs = record(path, [row("sft", 0.0, 0.1)])  # back to the first settings
+    assert [cells(r) for r in runs] == [[("sft", 0.0, 0.1), ("sft", 0.2, 0.5)], [("sft", 0.2, 0.3)]]
     text = path.with_suffix(".md").read_text()
     assert "## Run 2" in text and f"'align_steps': {Sizes().align_steps + 15}" in text
