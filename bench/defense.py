@@ -857,7 +857,9 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"{len(ctx.data.align_harmful)} alignment (prompt, harmful answer) pairs, "
         f"{len(ctx.data.attack_harmful)} attack pairs available, "
         f"{ctx.sizes.n_finetune} fine-tuning examples per job.",
-        f"- Sizes: `{asdict(ctx.sizes)}`",
+        f"- Sizes: `{asdict(ctx.sizes)}` — the alignment length (40 steps) was re-chosen after "
+        "a report at 25 steps had been seen (results/defense.tuning.md, item 5; that report: "
+        "results/defense.align25.md).",
         f"- LoRA: r={LORA.r}, alpha={LORA.alpha}, dropout={LORA.dropout}, q/k/v projections.",
         f"- Antibody hyper-parameters: `{asdict(ctx.antibody)}` — {ANTIBODY_WHY}.",
         "- Baselines: Booster lambda=5, rho=0.1; Vaccine rho=5; Lisa rho=0.01, guide data = the "
