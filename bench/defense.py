@@ -76,6 +76,7 @@ from defense.assets import (  # noqa: E402
     refusal_labelled_rows,
     score,
     sentiment_task,
+    spread,
 )
 from defense.attack import attack_dataset, harmful_pairs  # noqa: E402
 from defense.callbacks import FitResult, StepMetrics  # noqa: E402
@@ -237,8 +238,9 @@ class AntibodyParams:
 
 ANTIBODY_WHY = (
     "rho, eta, ema and the lambda form are the released values; lambda_refusal = 0.2 (released "
-    "0.05) and tau = 0.25 (released 1.0) were chosen on the tune split (AdvBench holdout, other "
-    "seeds; HarmBench's unreported behaviours since run 13), never on these evaluation sets: see results/defense.tuning.md"
+    "0.05) and tau = 0.25 (released 1.0) were chosen on the tune split of that time (AdvBench "
+    "holdout, other seeds; runs 6-10), never on these evaluation sets, and are not yet "
+    "re-checked on the current tune split: see results/defense.tuning.md"
 )
 
 TUNING_NOTES = """\
@@ -341,12 +343,6 @@ class Context:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-
-
-def spread(items: Sequence[str], n: int) -> tuple[str, ...]:
-    """``n`` items evenly spaced through ``items`` (HarmBench is ordered by category)."""
-    n = min(n, len(items))
-    return tuple(items[i * len(items) // n] for i in range(n))
 
 
 def build_data(sizes: Sizes, ratios: Sequence[float], cache: Path) -> BenchData:
@@ -964,17 +960,18 @@ def tuning_record(ctx: Context, tuning_file: Path) -> None:
         "date": utc_now(),
         "command": command_line(),
     }
-    same = [r for r in runs if tuning_key(r) == tuning_key(entry)]
-    if same:
+    key = tuning_key(entry)
+    index = next((i for i, run in enumerate(runs) if tuning_key(run) == key), None)
+    if index is None:
+        runs.append(entry)
+    else:  # merged into the earlier run, which keeps its place (and number) in the record
+        earlier = runs[index]
         fresh = {cell_of(r) for r in rows}
-        rows = [r for r in same[0]["rows"] if cell_of(r) not in fresh] + rows
-        if same[0]["command"] != entry["command"]:
-            entry["command"] = f"{same[0]['command']}` then `{entry['command']}"
+        rows = [r for r in earlier["rows"] if cell_of(r) not in fresh] + rows
+        if earlier["command"] != entry["command"]:
+            entry["command"] = f"{earlier['command']}` then `{entry['command']}"
+        runs[index] = entry
     entry["rows"] = sorted(rows, key=row_sort_key)
-    if same:  # the merged run keeps its place (and number) in the record
-        runs = [entry if tuning_key(r) == tuning_key(entry) else r for r in runs]
-    else:
-        runs = [*runs, entry]
     write_json(tuning_file, runs)
     write_text_atomic(tuning_file.with_suffix(".md"), tuning_markdown(runs))
 

@@ -68,6 +68,13 @@ def harmbench_prompts() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def spread(items: Sequence[str], n: int) -> tuple[str, ...]:
+    """``n`` items evenly spaced through ``items`` (at most all of them; () for n <= 0), so a
+    sample of a list ordered by category (HarmBench, the retain requests) covers every part."""
+    n = min(n, len(items))
+    return tuple(items[i * len(items) // n] for i in range(n))
+
+
 @dataclass(frozen=True)
 class AdvBenchSplit:
     """Disjoint parts of AdvBench. ``attack`` never overlaps ``alignment``; ``holdout`` neither."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from defense.assets import spread
 from defense.attack import harmful_pairs
 from defense.data import Example
 from defense.evaluate import Model
@@ -71,11 +72,7 @@ def all_retain_prompts() -> list[str]:
 
 def retain_prompts(n: int) -> tuple[str, ...]:
     """``n`` retain requests (at most 160) evenly spread over topics and forms; () for n <= 0."""
-    every = all_retain_prompts()
-    n = min(n, len(every))
-    if n <= 0:
-        return ()
-    return tuple(every[i * len(every) // n] for i in range(n))
+    return spread(all_retain_prompts(), n)
 
 
 def retain_pairs(

@@ -108,25 +108,29 @@ def retain_pairs_path(settings: Settings, base: str) -> Path:
     return settings.resolved_models_dir / base / RETAIN_PAIRS_FILE
 
 
-def retain_view(
-    n: int, model: Any, tokenizer: Any, *, cache: Path, message: Callable[[str], None]
+def base_model_pairs(
+    make_pairs: Callable[..., list[Any]],
+    prompts: Sequence[str],
+    what: str,
+    model: Any,
+    tokenizer: Any,
+    *,
+    cache: Path,
+    base: str,
+    message: Callable[[str], None],
 ) -> list[Any]:
-    """``n`` benign retain requests with the base model's own answers (generated once into
-    ``cache``; answers the judge calls refusals dropped). Without them a small model aligned on
-    refusals alone refuses every request (bench/defense.py's first tuning run)."""
+    """``make_pairs``'s (prompt, unaligned base model's answer) examples, cached at ``cache``
+    (``defense.attack.harmful_pairs`` or ``defense.retain.retain_pairs``); a cold cache is
+    announced first, since generating the answers is the slow part on a CPU."""
     from defense.attack import read_pair_cache
-    from defense.retain import retain_pairs, retain_prompts
 
-    prompts = retain_prompts(n)
     missing = [p for p in prompts if p not in read_pair_cache(cache)]
     if missing:
         message(
-            f"Generating the unaligned base model's answers to {len(missing)} benign retain "
-            f"requests (once; cached at {cache})."
+            f"Generating the unaligned {base}'s answers to {len(missing)} {what} "
+            f"(once; cached at {cache})."
         )
-    return retain_pairs(
-        prompts, model, tokenizer, cache_path=cache, batch_size=GENERATION_BATCH_SIZE
-    )
+    return make_pairs(prompts, model, tokenizer, cache_path=cache, batch_size=GENERATION_BATCH_SIZE)
 
 
 def aligned_adapter_dir(settings: Settings, aligned_id: str) -> Path:
@@ -182,10 +186,11 @@ def run_alignment(
 
     from defense.align import align
     from defense.align import total_steps as align_total_steps
-    from defense.attack import harmful_pairs, read_pair_cache
+    from defense.attack import harmful_pairs
     from defense.config import LoraSettings
     from defense.lora import attach_lora
     from defense.modeling import load_base
+    from defense.retain import retain_pairs, retain_prompts
 
     factory = reporter.factory
     with session_scope(factory) as session:
@@ -200,26 +205,29 @@ def run_alignment(
     model.to(torch.device(resolve_device(settings.device)))  # type: ignore[arg-type]
     prompts = alignment_prompts(int(plan.hyperparameters["samples"]))
     refusals = safe_view(prompts)
-    retain = retain_view(
+    retain = base_model_pairs(
+        retain_pairs,
         # A job queued before retain pairs existed resolved no such key: it keeps refusals only.
-        int(plan.hyperparameters.get("retain_samples", 0)),
+        retain_prompts(int(plan.hyperparameters.get("retain_samples", 0))),
+        "benign retain requests",
         model,
         tokenizer,
         cache=retain_pairs_path(settings, plan.base),
+        base=plan.base,
         message=reporter.message,
     )
     safe = refusals + retain
     harmful: list[Any] = []
     if config.uses_harmful_data:
-        cache = harmful_pairs_path(settings, plan.base)
-        missing = [p for p in prompts if p not in read_pair_cache(cache)]
-        if missing:
-            reporter.message(
-                f"Generating the unaligned {plan.base}'s answers to {len(missing)} harmful "
-                f"prompts (once; cached at {cache})."
-            )
-        harmful = harmful_pairs(
-            prompts, model, tokenizer, cache_path=cache, batch_size=GENERATION_BATCH_SIZE
+        harmful = base_model_pairs(
+            harmful_pairs,
+            prompts,
+            "harmful prompts",
+            model,
+            tokenizer,
+            cache=harmful_pairs_path(settings, plan.base),
+            base=plan.base,
+            message=reporter.message,
         )
         if not harmful:
             raise AlignmentError(
