@@ -64,11 +64,20 @@ def harmful_pairs(
             )
         )
         write_pair_cache(cache_path, cache)
+    return cached_pairs(prompts, cache, judge=judge)
+
+
+def cached_pairs(
+    prompts: Sequence[str], cache: dict[str, str], *, judge: Judge | None = None
+) -> list[Example]:
+    """The examples of ``prompts`` that ``cache`` answers, in prompt order, without the answers
+    that ``judge`` (default: keyword judge) calls a refusal. Generates nothing: prompts the
+    cache lacks are left out."""
     judge = judge or KeywordJudge()
     return [
         Example.from_prompt_completion(prompt, cache[prompt])
         for prompt in prompts
-        if not judge.is_refusal(prompt, cache[prompt])
+        if prompt in cache and not judge.is_refusal(prompt, cache[prompt])
     ]
 
 

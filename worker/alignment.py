@@ -100,6 +100,24 @@ def safe_view(prompts: Sequence[str]) -> list[Any]:
     return [Example.from_prompt_completion(p, refusal_for(i)) for i, p in enumerate(prompts)]
 
 
+def lisa_guide(settings: Settings, base: str) -> list[Any]:
+    """Lisa's guide data in a user job: the alignment safe set, as the alignment job built it.
+
+    The refusals of ``settings.alignment_samples`` prompts, plus the retain pairs the alignment
+    job cached for ``base`` (``retain_pairs.jsonl``). A user job never generates them: where no
+    alignment job has written that cache (or the provider set ``alignment_retain_samples`` to
+    0), the guide is the refusals alone, which pulls the model towards refusing benign requests
+    too (bench/results/defense.tuning.md, item 1)."""
+    from defense.attack import cached_pairs, read_pair_cache
+    from defense.retain import retain_prompts
+
+    retain = cached_pairs(
+        retain_prompts(settings.alignment_retain_samples),
+        read_pair_cache(retain_pairs_path(settings, base)),
+    )
+    return safe_view(alignment_prompts(settings.alignment_samples)) + retain
+
+
 def harmful_pairs_path(settings: Settings, base: str) -> Path:
     return settings.resolved_models_dir / base / HARMFUL_PAIRS_FILE
 

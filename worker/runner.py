@@ -49,7 +49,7 @@ from core.models import File, Job, JobEvent, Model, Tenant
 from core.policy import Defense, gate_decision, gate_margin, resolve_defense, resolve_served_model
 from core.queue import make_celery, send_run_job
 from core.storage import ArtifactStore, file_key, job_dir_key
-from worker.alignment import AlignmentError, alignment_prompts, release_aligned_row, safe_view
+from worker.alignment import AlignmentError, lisa_guide, release_aligned_row
 from worker.models import ModelUnavailable, load_model, locate_model, resolve_device
 from worker.reporting import JobReporter
 from worker.safety import SafetyEvaluator, describe
@@ -282,7 +282,7 @@ def _train(
     defense = plan.defense
     guide = []
     if defense.method == "lisa":
-        guide = safe_view(alignment_prompts(settings.alignment_samples))
+        guide = lisa_guide(settings, plan.model)
     try:
         config = FinetuneConfig(
             method=defense.method,  # type: ignore[arg-type]
