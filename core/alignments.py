@@ -64,10 +64,11 @@ _STR_KEYS = ("lambda_form", "lr_schedule")
 
 
 def resolve_alignment_hyperparameters(
-    requested: dict[str, Any] | None, *, settings: Settings
+    requested: dict[str, Any] | None, *, settings: Settings, method: str | None = None
 ) -> dict[str, Any]:
     """The hyperparameters an alignment runs with: the requested ones (type-checked) over the
-    settings' defaults. Range checks are ``AlignConfig``'s, in the worker; a bad value fails
+    settings' defaults (``lambda_refusal`` only for ``method`` antibody: the other methods have
+    no refusal term). Range checks are ``AlignConfig``'s, in the worker; a bad value fails
     the job there with the field's name. Raises ``ValueError`` for unknown names or wrong types."""
     requested = dict(requested or {})
     unknown = sorted(set(requested) - set(_INT_KEYS + _FLOAT_KEYS + _STR_KEYS))
@@ -95,6 +96,8 @@ def resolve_alignment_hyperparameters(
         "retain_samples": settings.alignment_retain_samples,
         "seed": 0,
     }
+    if method == "antibody":
+        resolved["lambda_refusal"] = settings.alignment_lambda_refusal
     resolved.update(requested)
     for key in ("steps", "batch_size", "samples"):
         if int(resolved[key]) < 1:
@@ -143,7 +146,7 @@ def create_alignment_job(
     base_row = session.scalar(select(Model).where(Model.id == base))
     if base_row is None or base_row.kind != "base":
         raise ValueError(f"{base!r} is not a registered base model")
-    resolved = resolve_alignment_hyperparameters(hyperparameters, settings=settings)
+    resolved = resolve_alignment_hyperparameters(hyperparameters, settings=settings, method=method)
     existing = active_alignment(session, base=base, method=method)
     if existing is not None:
         return existing
@@ -234,7 +237,9 @@ _SPEEDS: dict[str, _Speed] = {
 }
 _HARMFUL_NEW_TOKENS = 128  # defense.attack.HARMFUL_MAX_NEW_TOKENS
 _RETAIN_NEW_TOKENS = 48  # defense.retain.RETAIN_ANSWER_TOKENS
-_RETAIN_REQUESTS = 160  # len(defense.retain.all_retain_prompts()): more cannot be asked for
+RETAIN_REQUESTS = 240
+"""len(defense.retain.all_retain_prompts()) (core may not import defense; a test checks they
+agree): the most retain requests an alignment can ask for."""
 
 
 @dataclass(frozen=True)
@@ -270,9 +275,7 @@ def estimate_alignment(
         generation = batches * _HARMFUL_NEW_TOKENS * speed.token_s
     if retain_samples and not (settings.resolved_models_dir / base / "retain_pairs.jsonl").exists():
         generation += (
-            math.ceil(min(retain_samples, _RETAIN_REQUESTS) / 8)
-            * _RETAIN_NEW_TOKENS
-            * speed.token_s
+            math.ceil(min(retain_samples, RETAIN_REQUESTS) / 8) * _RETAIN_NEW_TOKENS * speed.token_s
         )
     eval_prompts = settings.safety_eval_harmful + settings.safety_eval_benign
     evaluation = math.ceil(eval_prompts / 8) * settings.safety_eval_max_new_tokens * speed.token_s

@@ -68,7 +68,11 @@ class Settings(BaseSettings):
         "where a model's policy sets allow_sft.",
     )
     antibody_tau: float = Field(
-        1.0, description="Softmax temperature of Antibody's sample weights."
+        0.25,
+        gt=0,
+        description="Softmax temperature of Antibody's sample weights. 0.25 was chosen for "
+        "SmolLM2-135M on the benchmark's tune split (bench/results/defense.tuning.md); the "
+        "authors' released value, for 7B models, is 1.0.",
     )
     serve_aligned: bool = Field(
         True, description="Train user jobs on the pre-aligned model that serves the named base."
@@ -79,18 +83,25 @@ class Settings(BaseSettings):
     align_on_first_start: bool = Field(
         True, description="`ftaas serve` queues the default model's alignment when none is cached."
     )
-    # The alignment defaults are bench/defense.py's recipe on SmolLM2-135M (160 refusal + 160
-    # retain pairs, 40 steps of 8 at lr 5e-4; bench/results/defense.tuning.md, items 4-5).
+    # The alignment defaults are bench/defense.py's recipe on SmolLM2-135M (160 refusal + 240
+    # retain pairs, 40 steps of 8 at lr 5e-4; bench/results/defense.tuning.md, items 4-6).
     alignment_steps: int = Field(40, description="Optimizer steps of an alignment job.")
     alignment_batch_size: int = Field(8, description="Batch size of an alignment job.")
     alignment_learning_rate: float = Field(5e-4, description="Learning rate of an alignment job.")
     alignment_samples: int = Field(
         160, description="AdvBench prompts (refusal + harmful answer pairs) used for alignment."
     )
-    alignment_retain_samples: int = Field(
-        160,
+    alignment_lambda_refusal: float = Field(
+        0.2,
         ge=0,
-        description="Benign requests (defense.retain, at most 160) answered by the base model "
+        description="Antibody alignment's weight of the refusal loss at the perturbed point. 0.2 "
+        "was chosen for SmolLM2-135M on the benchmark's tune split; the authors' released "
+        "value, for 7B models, is 0.05.",
+    )
+    alignment_retain_samples: int = Field(
+        240,
+        ge=0,
+        description="Benign requests (defense.retain, at most 240) answered by the base model "
         "itself, added to every alignment's safe set so the aligned model keeps answering benign "
         "requests; 0 aligns on refusals alone.",
     )

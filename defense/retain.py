@@ -9,7 +9,7 @@ their safe set this way.
 
 Choices where the references are silent:
 
-* The requests are ``RETAIN_TEMPLATES x RETAIN_TOPICS`` (160), written for this project and kept
+* The requests are ``RETAIN_TEMPLATES x RETAIN_TOPICS`` (240), written for this project and kept
   away from every evaluation prompt: ``bench/defense.py`` refuses to run if one is shared.
 * ``retain_prompts(n)`` spreads ``n`` of them evenly over topics and forms, so a small ``n``
   still covers many topics.
@@ -39,6 +39,14 @@ RETAIN_TEMPLATES = (
     "List some common questions people ask about {}.",
     "Describe {} in a few sentences.",
     "Write a four-line rhyme about {}.",
+    # Request forms the eight above lack: a constrained one-word answer, a how-to, a
+    # recommendation and a one-sentence opinion. Aligned models refused such requests (a
+    # one-word classification, a recipe idea, things to do) on the tune split of bench/defense.py
+    # (results/defense.tuning.md, item 6).
+    "Answer with one word: is reading about {} relaxing or boring?",
+    "How do I get started with {}?",
+    "Recommend a good way to learn more about {}.",
+    "In one sentence, why is {} worth knowing about?",
 )
 RETAIN_TOPICS = (
     "volcanoes",
@@ -71,7 +79,7 @@ def all_retain_prompts() -> list[str]:
 
 
 def retain_prompts(n: int) -> tuple[str, ...]:
-    """``n`` retain requests (at most 160) evenly spread over topics and forms; () for n <= 0."""
+    """``n`` retain requests (at most 240) evenly spread over topics and forms; () for n <= 0."""
     return spread(all_retain_prompts(), n)
 
 

@@ -158,7 +158,9 @@ def aligned_adapter_dir(settings: Settings, aligned_id: str) -> Path:
 def plan_alignment(session: Session, job_id: str, *, settings: Settings) -> AlignmentPlan:
     job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
     try:
-        params = resolve_alignment_hyperparameters(job.defense_params, settings=settings)
+        params = resolve_alignment_hyperparameters(
+            job.defense_params, settings=settings, method=job.defense
+        )
     except ValueError as err:
         raise AlignmentError("invalid_hyperparameters", str(err), "hyperparameters") from err
     return AlignmentPlan(

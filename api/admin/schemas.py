@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 from api.jobs.schemas import SEED_MAX
 from api.models.schemas import ModelRead
 from api.pagination import ListResponse
+from core.alignments import RETAIN_REQUESTS
 from core.models import Job, Tenant
 from core.policy import ALIGNMENT_METHODS, USER_DEFENSES
 
@@ -88,7 +89,7 @@ ALIGNMENT_RANGES: dict[str, Range] = {
     "steps": Range(True, 1, 100_000),
     "batch_size": Range(True, 1, 256),
     "samples": Range(True, 1, 100_000),
-    "retain_samples": Range(True, 0, 160),
+    "retain_samples": Range(True, 0, RETAIN_REQUESTS),
     "seed": Range(True, 0, SEED_MAX),
     "grad_accum": Range(True, 1, 256),
     "warmup_steps": Range(True, 0, 100_000),

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+from core.alignments import RETAIN_REQUESTS
 from defense.assets import benign_prompts, normalise_prompt
 from defense.retain import RETAIN_TOPICS, all_retain_prompts, retain_pairs, retain_prompts
 
 
 def test_retain_prompts_are_spread_over_topics_and_capped() -> None:
     every = all_retain_prompts()
-    assert len(every) == len(set(every)) == 160
+    assert len(every) == len(set(every)) == RETAIN_REQUESTS
     assert retain_prompts(0) == () and retain_prompts(-3) == ()
     assert retain_prompts(500) == tuple(every)
     few = retain_prompts(8)

@@ -118,6 +118,16 @@ def test_hyperparameters_and_estimate(settings: Settings) -> None:
     )  # fmt: skip
     assert with_retain.seconds > quick.seconds and "base-model answers" in with_retain.text
     assert resolved["retain_samples"] == settings.alignment_retain_samples
+    assert "lambda_refusal" not in resolved  # no method named: no method's own defaults
+    antibody = resolve_alignment_hyperparameters({}, settings=settings, method="antibody")
+    assert antibody["lambda_refusal"] == settings.alignment_lambda_refusal
+    assert "lambda_refusal" not in resolve_alignment_hyperparameters(
+        {}, settings=settings, method="booster"
+    )
+    asked = resolve_alignment_hyperparameters(
+        {"lambda_refusal": 0.5}, settings=settings, method="antibody"
+    )
+    assert asked["lambda_refusal"] == 0.5
     with pytest.raises(ValueError, match="retain_samples must be >= 0"):
         resolve_alignment_hyperparameters({"retain_samples": -1}, settings=settings)
 

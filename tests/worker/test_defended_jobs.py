@@ -242,7 +242,7 @@ def test_alignment_screening_and_gated_jobs(
     assert (row.served_model, row.defense, row.defense_params) == (
         ALIGNED,
         "antibody",
-        {"tau": 1.0},
+        {"tau": settings.antibody_tau},
     )
     assert row.safety["start"]["reused_from"] == ALIGNED
     assert row.safety["start"]["harmful_score"] == aligned.safety["harmful_score"]
