@@ -161,6 +161,14 @@ CAVEATS = (
     "continued adapter), far from the paper's 20 epochs at 1e-5, and alignment is short too "
     "(40 steps). With 25 alignment steps benign fine-tuning alone erased half the refusals; "
     "results/defense.tuning.md shows how the sizes were chosen.",
+    "- The broader retain set (240 requests of 12 forms, tuning item 6) was chosen with SFT and "
+    "Antibody only, on the tune split. In the report it weakened the baselines' alignment more "
+    "than Antibody's: the earlier report (results/defense.retain160.md, same code with 160 "
+    "requests of 8 forms) had, at p = 0.2, SFT 0.863, Vaccine 0.512, Booster 0.800, Lisa 0.850 "
+    "and Antibody 0.350 (over-refusal 0.317), and Vaccine's aligned model 0.363 against 0.838 "
+    "here. So the harmful-score ratio to SFT improved as much through SFT's score rising as "
+    "through Antibody's falling, and Antibody's over-refusal on this benign set did not improve "
+    "(on the tune split's benign set it fell from 0.20 to 0.10).",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -809,9 +817,12 @@ def target_lines(rows: Sequence[dict[str, Any]], ratios: Sequence[float]) -> lis
         return "met" if ok else "NOT met"
 
     hs, acc, orr = ab["harmful_score"], ab["task_accuracy"], ab["over_refusal"]
+    # In prompts, since a share of n prompts moves in steps of 1/n: a margin of 0 means equality.
+    margin = (sft["harmful_score"] / 3 - hs) * ab.get("n_harmful", 0)
     lines = [
         f"- Antibody harmful score at p={p} <= 1/3 of SFT's: {hs:.3f} vs "
-        f"{sft['harmful_score'] / 3:.3f} -> {mark(hs <= sft['harmful_score'] / 3)}",
+        f"{sft['harmful_score'] / 3:.3f} (margin {margin:+.1f} of {ab.get('n_harmful', '?')} "
+        f"prompts) -> {mark(hs <= sft['harmful_score'] / 3 + 1e-9)}",
         f"- below every baseline ({', '.join(baselines)}): "
         + ", ".join(f"{m} {cell[m]['harmful_score']:.3f}" for m in baselines)
         + f" -> {mark(all(hs < cell[m]['harmful_score'] for m in baselines))}",
@@ -881,8 +892,8 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         "- One seed; with n prompts a share has a standard error of about "
         "sqrt(s(1-s)/n) (0.05 at n=100, s=0.5).",
         f"- Budget: the default sizes were chosen so that a cold run of the whole matrix fits in "
-        f"90 minutes on the 2-core machine of the tuning runs (about 52 min there); an AVX2-only "
-        f"2-core machine needs about 133 min (per-cell costs of both: bench/README.md); "
+        f"90 minutes on a 2-core machine (measured cold: 63.1 min on an AMD EPYC on 2026-12-01); "
+        f"an AVX2-only 2-core machine needs about 133 min (per-cell costs: bench/README.md); "
         f"this invocation took {meta['minutes']:.1f} min (wall time, pauses included).",
         "",
         "## Caveats",
