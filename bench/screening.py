@@ -83,7 +83,7 @@ class Sizes:
     finetune_epochs: int = 2
     finetune_batch: int = 8
     finetune_lr: float = 1e-4
-    tau: float = 1.0
+    tau: float = Settings.model_fields["antibody_tau"].default  # the service's default
     # Only when no bench/defense.py adapter is cached: a quick alignment of our own.
     n_align: int = 64
     align_steps: int = 10

@@ -68,11 +68,12 @@ class Settings(BaseSettings):
         "where a model's policy sets allow_sft.",
     )
     antibody_tau: float = Field(
-        0.25,
+        1.0,
         gt=0,
-        description="Softmax temperature of Antibody's sample weights. 0.25 was chosen for "
-        "SmolLM2-135M on the benchmark's tune split (bench/results/defense.tuning.md); the "
-        "authors' released value, for 7B models, is 1.0.",
+        description="Softmax temperature of Antibody's sample weights: the authors' released "
+        "value. The benchmark's Antibody uses 0.25 (chosen for SmolLM2-135M on its tune split), "
+        "but the flagged-lines threshold (flag_relative_weight = 0.5) is calibrated for 1.0: at "
+        "0.25 it flagged 101 of 160 lines (precision 0.29; bench/screening.py, 2026-12-01).",
     )
     serve_aligned: bool = Field(
         True, description="Train user jobs on the pre-aligned model that serves the named base."

@@ -240,7 +240,7 @@ class JobRead(BaseModel):
         "creation from provider policy; the worker records what actually ran."
     )
     defense_params: dict[str, Any] = Field(
-        description="The defense's parameters, e.g. {'tau': 0.25} for Antibody."
+        description="The defense's parameters, e.g. {'tau': 1.0} for Antibody."
     )
     served_model: str | None = Field(
         description="The model the job actually trains: the pre-aligned model serving `model` "

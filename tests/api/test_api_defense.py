@@ -314,10 +314,10 @@ def test_tenant_policy(client: TestClient, keys: Keys) -> None:
 @pytest.mark.parametrize(
     ("policy", "defense", "params"),
     [
-        ({}, "antibody", {"tau": 0.25}),  # FTAAS_ANTIBODY_TAU's default
+        ({}, "antibody", {"tau": 1.0}),  # FTAAS_ANTIBODY_TAU's default
         ({"tau": 0.5}, "antibody", {"tau": 0.5}),
         ({"defense": "lisa"}, "lisa", {}),
-        ({"defense": "sft"}, "antibody", {"tau": 0.25}),  # sft without allow_sft: refused
+        ({"defense": "sft"}, "antibody", {"tau": 1.0}),  # sft without allow_sft: refused
         ({"defense": "sft", "allow_sft": True}, "sft", {}),
     ],
 )

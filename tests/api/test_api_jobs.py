@@ -77,7 +77,7 @@ def test_create_job_shape(client: TestClient, keys: Keys, training_file: str) ->
     assert isinstance(job["seed"], int)
     assert job["attempt"] == 0 and job["kind"] == "fine_tune"
     # Provider policy, recorded at creation: Antibody on the base (no aligned model exists).
-    assert job["defense"] == "antibody" and job["defense_params"] == {"tau": 0.25}
+    assert job["defense"] == "antibody" and job["defense_params"] == {"tau": 1.0}
     assert job["served_model"] == BASE_MODEL and job["safety"] is None
     # "auto" resolved: 12 examples -> cookbook heuristic 100 // 12 = 8 epochs.
     resolved = {"batch_size": 4, "learning_rate_multiplier": 1.0, "n_epochs": 8}
