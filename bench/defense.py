@@ -980,10 +980,7 @@ def tuning_record(ctx: Context, tuning_file: Path) -> None:
     runs = read_json(tuning_file) if tuning_file.is_file() else []
     rows = [metrics_short(r) for r in ctx.rows]
     entry: dict[str, Any] = {
-        "task_format": TASK_FORMAT,
-        "judge": JUDGE_VERSION,
-        "tune_set": TUNE_SET_VERSION,
-        "retain_forms": len(RETAIN_TEMPLATES),
+        **current_versions(),
         "antibody": asdict(ctx.antibody),
         "sizes": asdict(ctx.sizes),
         "date": utc_now(),
@@ -1009,31 +1006,33 @@ def cell_of(row: dict[str, Any]) -> tuple[str, str, float | None]:
     return row["method"], row["stage"], row["p"]
 
 
-def tuning_key(run: dict[str, Any]) -> str:
-    """Runs before the arithmetic format changed carry no ``task_format``: bare answers; runs
-    before the judge learnt its idioms carry no ``judge``: version 1; runs scored on the AdvBench
-    holdout carry no ``tune_set``: version 1; runs before the retain set grew carry no
-    ``retain_forms``: its first 8 request forms."""
-    return config_key(
-        run.get("task_format", "bare answer"),
-        run.get("judge", 1),
-        run.get("tune_set", 1),
-        run.get("retain_forms", 8),
-        run["antibody"],
-        run["sizes"],
-    )
-
-
-def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
-    """Every tuning run (``--split tune``): what differed from the final defaults, and its rows."""
-    defaults = {
-        **asdict(Sizes()),
-        **asdict(AntibodyParams()),
+def current_versions() -> dict[str, Any]:
+    """What a tuning run records besides its sizes and Antibody values: the versions of the
+    task format, the judge, the tune set and the retain set it ran with."""
+    return {
         "task_format": TASK_FORMAT,
         "judge": JUDGE_VERSION,
         "tune_set": TUNE_SET_VERSION,
         "retain_forms": len(RETAIN_TEMPLATES),
     }
+
+
+def run_versions(run: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run's versions. Runs before the arithmetic format changed carry no
+    ``task_format``: bare answers; runs before the judge learnt its idioms carry no ``judge``:
+    version 1; runs scored on the AdvBench holdout carry no ``tune_set``: version 1; runs before
+    the retain set grew carry no ``retain_forms``: its first 8 request forms."""
+    legacy = {"task_format": "bare answer", "judge": 1, "tune_set": 1, "retain_forms": 8}
+    return {name: run.get(name, old) for name, old in legacy.items()}
+
+
+def tuning_key(run: dict[str, Any]) -> str:
+    return config_key(*run_versions(run).values(), run["antibody"], run["sizes"])
+
+
+def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """Every tuning run (``--split tune``): what differed from the final defaults, and its rows."""
+    defaults = {**asdict(Sizes()), **asdict(AntibodyParams()), **current_versions()}
     lines = [
         "# Tuning runs of the defense benchmark (tune split: never reported)",
         "",
@@ -1047,11 +1046,7 @@ def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
         "",
     ]
     for number, run in enumerate(runs, start=1):
-        settings = {**run["sizes"], **run["antibody"]}
-        settings["task_format"] = run.get("task_format", "bare answer")
-        settings["judge"] = run.get("judge", 1)
-        settings["tune_set"] = run.get("tune_set", 1)
-        settings["retain_forms"] = run.get("retain_forms", 8)
+        settings = {**run["sizes"], **run["antibody"], **run_versions(run)}
         changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
         lines += [
             f"## Run {number} ({run['date']})",
