@@ -277,6 +277,7 @@ class AntibodyParams:
     lambda_form: LambdaForm = "cosine"
     lambda_refusal: float = 0.2
     tau: float = 0.25
+    perturbed_retain: int = 0
 
 
 ANTIBODY_WHY = (
@@ -530,6 +531,7 @@ def align_config(method: str, sizes: Sizes, ab: AntibodyParams) -> AlignConfig:
         ema=ab.ema,
         lambda_form=ab.lambda_form,
         lambda_refusal=ab.lambda_refusal,
+        perturbed_retain=ab.perturbed_retain,
     )
 
 
@@ -684,6 +686,7 @@ def aligned_adapter(method: str, ctx: Context) -> Path:
         config,
         checkpoint_dir=cell / "checkpoints",
         on_step=step_logger(f"align/{method}"),
+        retain=ctx.data.safe[len(ctx.data.safe) - ctx.data.n_retain :],
     )
     model.save_pretrained(str(cell / "adapter"))
     seconds = round(time.monotonic() - started, 1)
@@ -1081,7 +1084,8 @@ def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
         "",
     ]
     for number, run in enumerate(runs, start=1):
-        settings = {**run["sizes"], **run["antibody"], **run_versions(run)}
+        # Runs before the perturbed-retain option existed ran without it.
+        settings = {**run["sizes"], "perturbed_retain": 0, **run["antibody"], **run_versions(run)}
         changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
         lines += [
             f"## Run {number} ({run['date']})",

@@ -45,6 +45,7 @@ _INT_KEYS = (
     "batch_size",
     "samples",
     "retain_samples",
+    "perturbed_retain",
     "seed",
     "grad_accum",
     "warmup_steps",
@@ -67,8 +68,8 @@ def resolve_alignment_hyperparameters(
     requested: dict[str, Any] | None, *, settings: Settings, method: str | None = None
 ) -> dict[str, Any]:
     """The hyperparameters an alignment runs with: the requested ones (type-checked) over the
-    settings' defaults (``lambda_refusal`` only for ``method`` antibody: the other methods have
-    no refusal term). Range checks are ``AlignConfig``'s, in the worker; a bad value fails
+    settings' defaults (``lambda_refusal`` and ``perturbed_retain`` only for ``method``
+    antibody: the other methods have no refusal term). Range checks are ``AlignConfig``'s, in the worker; a bad value fails
     the job there with the field's name. Raises ``ValueError`` for unknown names or wrong types."""
     requested = dict(requested or {})
     unknown = sorted(set(requested) - set(_INT_KEYS + _FLOAT_KEYS + _STR_KEYS))
@@ -98,6 +99,7 @@ def resolve_alignment_hyperparameters(
     }
     if method == "antibody":
         resolved["lambda_refusal"] = settings.alignment_lambda_refusal
+        resolved["perturbed_retain"] = settings.alignment_perturbed_retain
     resolved.update(requested)
     for key in ("steps", "batch_size", "samples"):
         if int(resolved[key]) < 1:
@@ -192,6 +194,7 @@ def create_alignment_job(
         retain_samples=int(resolved["retain_samples"]),
         batch_size=int(resolved["batch_size"]),
         settings=settings,
+        perturbed_retain=int(resolved.get("perturbed_retain", 0)),
     )
     jobs.add_event(
         session,
@@ -258,16 +261,20 @@ def estimate_alignment(
     batch_size: int,
     settings: Settings,
     retain_samples: int = 0,
+    perturbed_retain: int = 0,
 ) -> AlignmentEstimate:
     """Wall-clock estimate of an alignment on a CPU like the reference one: generating the
     harmful answers (when the method needs them) and the retain answers once (each only while
     its cache is cold), the steps, and the safety evaluation. Unknown models use SmolLM2's
-    figures scaled by nothing: a guess, said so."""
+    figures scaled by nothing: a guess, said so. Antibody's ``perturbed_retain`` examples count
+    as that share of a batch's pass more, of the step's four."""
     speed = _SPEEDS.get(base)
     basis = f"measured for {base} on a 2-core CPU"
     if speed is None:
         speed, basis = _SPEEDS["smollm2-135m-instruct"], "SmolLM2-135M's CPU figures (a guess)"
     per_step = speed.step_s.get(method, speed.step_s["antibody"]) * batch_size / _REFERENCE_BATCH
+    if method == "antibody" and perturbed_retain:
+        per_step *= 1 + perturbed_retain / batch_size / 4
     generation = 0.0
     cache = settings.resolved_models_dir / base / "harmful_pairs.jsonl"
     if method in ("antibody", "booster") and not cache.exists():

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         "was chosen for SmolLM2-135M on the benchmark's tune split; the authors' released "
         "value, for 7B models, is 0.05.",
     )
+    alignment_perturbed_retain: int = Field(
+        0,
+        ge=0,
+        description="Antibody alignment: benign retain examples added to the refusal loss at "
+        "the perturbed point each step (a project option, docs/antibody.md item 4b); 0 is the "
+        "authors' released refusal term.",
+    )
     alignment_retain_samples: int = Field(
         240,
         ge=0,

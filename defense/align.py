@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from defense.losses import (
     token_nll,
 )
 from defense.refusals import refusal_for
-from defense.seed import STREAM_HARMFUL, STREAM_TRAIN, seed_everything
+from defense.seed import STREAM_HARMFUL, STREAM_RETAIN, STREAM_TRAIN, seed_everything
 
 GradFn = Callable[[], tuple[float, Tensor]]
 """Evaluates (loss, flat gradient [P]) at the current values of the trainable tensors."""
@@ -178,17 +178,29 @@ def loss_and_grad(
 ) -> tuple[float, Tensor]:
     """Token-mean CE over all micro-batches (each part divided by the step's token count, so
     accumulation equals one batch) and its flat gradient [P]. One forward+backward per micro-batch."""
+    return grouped_loss_and_grad(model, params, [micro_batches])
+
+
+def grouped_loss_and_grad(
+    model: nn.Module, params: Sequence[Tensor], groups: Sequence[Sequence[Batch]]
+) -> tuple[float, Tensor]:
+    """The sum over ``groups`` of each group's token-mean CE, and its flat gradient [P]: the
+    refusal pass with ``perturbed_retain`` is refusals + retain answers, each a token mean, so
+    the retain answers' longer completions do not outweigh the short refusals."""
     for p in params:
         p.grad = None
     device = params[0].device
-    total = sum(int(completion_token_counts(mb["labels"]).sum()) for mb in micro_batches)
     loss = 0.0
-    for micro in micro_batches:
-        batch = move_to(micro, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        part = token_nll(logits, batch["labels"]).sum() / total
-        part.backward()
-        loss += float(part.detach())
+    for micro_batches in groups:
+        total = sum(int(completion_token_counts(mb["labels"]).sum()) for mb in micro_batches)
+        for micro in micro_batches:
+            batch = move_to(micro, device)
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            part = token_nll(logits, batch["labels"]).sum() / total
+            part.backward()
+            loss += float(part.detach())
     g = flat_grad(params)
     for p in params:
         p.grad = None
@@ -304,6 +316,8 @@ class AlignBatch:
     align: list[Batch]
     harmful: list[Batch]
     refusal: list[Batch]
+    retain: list[Batch] = field(default_factory=list)
+    """Benign retain examples for the refusal pass at theta' (``perturbed_retain``)."""
 
 
 def train_step(
@@ -331,9 +345,10 @@ def train_step(
     else:
         refusal: GradFn | None = None
         # lambda_refusal = 0 switches the refusal term off, and with it the third pass.
-        if config.method == "antibody" and config.lambda_refusal > 0:
-            refusal = lambda: loss_and_grad(model, params, batch.refusal)  # noqa: E731
-            tokens += sum(int(b["attention_mask"].sum()) for b in batch.refusal)
+        if config.uses_refusal_term:
+            groups = [batch.refusal, batch.retain] if batch.retain else [batch.refusal]
+            refusal = lambda: grouped_loss_and_grad(model, params, groups)  # noqa: E731
+            tokens += sum(int(b["attention_mask"].sum()) for g in groups for b in g)
         tokens += sum(int(b["attention_mask"].sum()) for b in batch.harmful)
         result = stage1_gradient(
             params,
@@ -368,22 +383,30 @@ def train_step(
 
 
 class _AlignState:
-    def __init__(self, safe: BatchOrder, harmful: BatchOrder | None) -> None:
+    def __init__(
+        self, safe: BatchOrder, harmful: BatchOrder | None, retain: BatchOrder | None = None
+    ) -> None:
         self.safe = safe
         self.harmful = harmful
+        self.retain = retain
         self.lam: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "safe": self.safe.state_dict(),
             "harmful": None if self.harmful is None else self.harmful.state_dict(),
             "lambda": self.lam,
         }
+        if self.retain is not None:
+            state["retain"] = self.retain.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.safe.load_state_dict(state["safe"])
         if self.harmful is not None:
             self.harmful.load_state_dict(state["harmful"])
+        if self.retain is not None:
+            self.retain.load_state_dict(state["retain"])
         self.lam = None if state["lambda"] is None else float(state["lambda"])
 
 
@@ -406,6 +429,7 @@ def align(
     on_step: OnStep | None = None,
     on_checkpoint: OnCheckpoint | None = None,
     should_stop: ShouldStop | None = None,
+    retain: Sequence[Example] = (),
 ) -> FitResult:
     """Align the LoRA tensors of ``model``.
 
@@ -413,12 +437,16 @@ def align(
     prompt -> harmful answer, x_h (needed by antibody and booster; ignored otherwise); the refusal
     view x_r of ``harmful[j]`` is its prompt with ``refusal_for(j)``. The two sets are shuffled
     independently (as the released code's two samplers are), so a step's x_a and x_h are generally
-    different prompts.
+    different prompts. ``retain``: benign request -> helpful answer, drawn by a third stream,
+    ``config.perturbed_retain`` per step, into the refusal pass at theta' (ignored unless that
+    option is on; the caller's safe set usually holds the same pairs too).
     """
     if not safe:
         raise ValueError("safe: no alignment examples")
     if config.uses_harmful_data and not harmful:
         raise ValueError(f"harmful: {config.method} alignment needs harmful examples")
+    if config.uses_perturbed_retain and not retain:
+        raise ValueError("retain: perturbed_retain > 0 needs benign retain examples")
     seed_everything(config.seed)
     params = lora_parameters(model)
     pad_id = pad_id_of(tokenizer)
@@ -430,10 +458,15 @@ def align(
         harmful_encoded = [
             encode_example(tokenizer, ex, length, index=i) for i, ex in enumerate(harmful)
         ]
-    if config.method == "antibody" and config.lambda_refusal > 0:
+    retain_encoded: list[EncodedExample] = []
+    if config.uses_refusal_term:
         refusal_encoded = [
             encode_example(tokenizer, ex, length, completion=refusal_for(i), index=i)
             for i, ex in enumerate(harmful)
+        ]
+    if config.uses_perturbed_retain:
+        retain_encoded = [
+            encode_example(tokenizer, ex, length, index=i) for i, ex in enumerate(retain)
         ]
 
     per_step = config.batch_size * config.grad_accum
@@ -441,6 +474,9 @@ def align(
         BatchOrder(len(safe), per_step, seed=config.seed, stream=STREAM_TRAIN),
         BatchOrder(len(harmful), per_step, seed=config.seed, stream=STREAM_HARMFUL)
         if config.uses_harmful_data
+        else None,
+        BatchOrder(len(retain), config.perturbed_retain, seed=config.seed, stream=STREAM_RETAIN)
+        if retain_encoded
         else None,
     )
     n_steps = total_steps(len(safe), config)
@@ -465,6 +501,9 @@ def align(
             align=collated(state.safe.next_batch(), safe_encoded),
             harmful=collated(harmful_indices, harmful_encoded) if harmful_encoded else [],
             refusal=collated(harmful_indices, refusal_encoded) if refusal_encoded else [],
+            retain=collated(state.retain.next_batch(), retain_encoded)
+            if state.retain is not None
+            else [],
         )
         out = train_step(
             model, batch, optimizer, scheduler, params=params, config=config, lam_prev=state.lam
@@ -491,7 +530,10 @@ def align(
             on_checkpoint=on_checkpoint,
             should_stop=should_stop,
             run_identity=run_identity(
-                config, digest(safe_encoded, harmful_encoded, refusal_encoded)
+                config,
+                digest(safe_encoded, harmful_encoded, refusal_encoded)
+                if not retain_encoded
+                else digest(safe_encoded, harmful_encoded, refusal_encoded, retain_encoded),
             ),
         )
     finally:

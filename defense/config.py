@@ -169,6 +169,12 @@ class AlignConfig:
     max(0, eta - <g_a, d> / ||d||^2) (the paper form read by the third-party re-implementation)."""
     lambda_refusal: float = 0.05
     """Antibody: weight of the refusal loss at the perturbed point (released ``--lambda2``)."""
+    perturbed_retain: int = 0
+    """Antibody, a project option (0 = the released refusal term): benign retain examples (the
+    ``retain`` argument of ``defense.align.align``) added to the refusal view at theta' each step,
+    so the simulated harmful step is asked to keep answering benign requests as well as to keep
+    refusing harmful ones. g_r becomes grad [L_refusal(theta') + L_retain(theta')], each a token
+    mean over its own examples, and both carry lambda_refusal (docs/antibody.md)."""
     booster_lambda: float = 5.0
     """Booster: the constant lambda."""
     vaccine_rho: float = 5.0
@@ -197,6 +203,7 @@ class AlignConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
         _choice("lambda_form", self.lambda_form, _LAMBDA_FORMS)
         _non_negative("lambda_refusal", self.lambda_refusal)
+        _non_negative_int("perturbed_retain", self.perturbed_retain)
         _non_negative("booster_lambda", self.booster_lambda)
         _non_negative("vaccine_rho", self.vaccine_rho)
 
@@ -204,3 +211,13 @@ class AlignConfig:
     def uses_harmful_data(self) -> bool:
         """Antibody and Booster need harmful (prompt, harmful answer) pairs; SFT and Vaccine do not."""
         return self.method in ("antibody", "booster")
+
+    @property
+    def uses_refusal_term(self) -> bool:
+        """Antibody with lambda_refusal > 0: the refusal pass at theta' runs."""
+        return self.method == "antibody" and self.lambda_refusal > 0
+
+    @property
+    def uses_perturbed_retain(self) -> bool:
+        """The refusal pass also takes ``perturbed_retain`` benign retain examples."""
+        return self.uses_refusal_term and self.perturbed_retain > 0

@@ -18,6 +18,7 @@ import torch
 STREAM_TRAIN = 0
 STREAM_HARMFUL = 1
 STREAM_GUIDE = 2
+STREAM_RETAIN = 3  # Antibody's benign retain examples at theta' (AlignConfig.perturbed_retain)
 
 
 def seed_everything(seed: int) -> None:

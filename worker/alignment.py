@@ -61,6 +61,7 @@ _PASSTHROUGH = (
     "eta",
     "ema",
     "lambda_refusal",
+    "perturbed_retain",
     "booster_lambda",
     "vaccine_rho",
     "lambda_form",
@@ -237,6 +238,14 @@ def run_alignment(
         message=reporter.message,
     )
     safe = refusals + retain
+    if config.uses_perturbed_retain and not retain:
+        raise AlignmentError(
+            "alignment_data",
+            f"perturbed_retain = {config.perturbed_retain} needs benign retain pairs, but "
+            f"{plan.base} has none (retain_samples is 0, or every retain answer was a refusal); "
+            "set perturbed_retain to 0 or retain_samples above 0.",
+            "hyperparameters",
+        )
     harmful: list[Any] = []
     if config.uses_harmful_data:
         harmful = base_model_pairs(
@@ -279,6 +288,7 @@ def run_alignment(
         on_step=reporter.on_step,
         on_checkpoint=reporter.on_checkpoint,
         should_stop=reporter.should_stop,
+        retain=retain,
     )
     adapter_dir = aligned_adapter_dir(settings, plan.aligned_id)
     save_adapter_atomically(peft_model, tokenizer, adapter_dir)

@@ -90,6 +90,7 @@ ALIGNMENT_RANGES: dict[str, Range] = {
     "batch_size": Range(True, 1, 256),
     "samples": Range(True, 1, 100_000),
     "retain_samples": Range(True, 0, RETAIN_REQUESTS),
+    "perturbed_retain": Range(True, 0, 256),
     "seed": Range(True, 0, SEED_MAX),
     "grad_accum": Range(True, 1, 256),
     "warmup_steps": Range(True, 0, 100_000),
@@ -126,6 +127,10 @@ class AlignmentHyperparameters(BaseModel):
     samples: int | None = _described("samples", "AdvBench alignment prompts used")
     retain_samples: int | None = _described(
         "retain_samples", "Benign retain requests (with the base model's answers) in the safe set"
+    )
+    perturbed_retain: int | None = _described(
+        "perturbed_retain",
+        "Antibody: retain examples added to the refusal pass at the perturbed point per step",
     )
     seed: int | None = _described("seed", "Random seed; 0 if absent")
     grad_accum: int | None = _described("grad_accum", "Micro-batches per optimizer step")

@@ -13,6 +13,7 @@ from defense.align import (
     AlignBatch,
     align,
     attention_modules,
+    grouped_loss_and_grad,
     loss_and_grad,
     offset_attention_outputs,
     train_step,
@@ -216,3 +217,50 @@ def test_align_is_deterministic_and_validates_inputs(
         align(models[0], tokenizer, safe_examples, [], config)
     with pytest.raises(ValueError, match="^lambda_form"):
         AlignConfig(lambda_form="dot")  # type: ignore[arg-type]
+
+
+def test_grouped_loss_is_the_sum_of_each_groups_token_mean(
+    gpt2: PeftModel,
+    tokenizer: PreTrainedTokenizerFast,
+    safe_examples: list[Example],
+    harmful_examples: list[Example],
+) -> None:
+    """The refusal pass with perturbed_retain: refusals and retain answers each a token mean,
+    so the longer group does not outweigh the shorter one."""
+    params = lora_parameters(gpt2)
+    refusals = _align_batch(tokenizer, safe_examples, harmful_examples, [[0, 1]]).refusal
+    answers = _align_batch(tokenizer, safe_examples, harmful_examples, [[2], [3]]).harmful
+    loss_r, g_r = loss_and_grad(gpt2, params, refusals)
+    loss_a, g_a = loss_and_grad(gpt2, params, answers)
+    loss, g = grouped_loss_and_grad(gpt2, params, [refusals, answers])
+    assert loss == pytest.approx(loss_r + loss_a, rel=1e-6)
+    torch.testing.assert_close(g, g_r + g_a, rtol=1e-5, atol=1e-8)
+    _, pooled = loss_and_grad(gpt2, params, refusals + answers)  # one token mean over both
+    assert not torch.allclose(g, pooled)
+
+
+def test_perturbed_retain_joins_the_refusal_pass_only(
+    make_gpt2: Callable[..., PeftModel],
+    tokenizer: PreTrainedTokenizerFast,
+    safe_examples: list[Example],
+    harmful_examples: list[Example],
+) -> None:
+    """One more forward+backward per step (the retain micro-batch inside pass 3), a different
+    result from the released refusal term, and a clear error without retain examples."""
+    benign = [Example.from_prompt_completion("Name a fruit.", "An apple.")] * 3
+    config = AlignConfig(batch_size=2, max_steps=3, perturbed_retain=2)
+    model = make_gpt2()
+    counts = _count_passes(model)
+    with_retain = align(model, tokenizer, safe_examples, harmful_examples, config, retain=benign)
+    assert counts == {"forward": 3 * 5, "backward": 3 * 5}
+    assert with_retain.step == 3
+    released = make_gpt2()
+    align(
+        released, tokenizer, safe_examples, harmful_examples, AlignConfig(batch_size=2, max_steps=3)
+    )
+    moved = lora_parameters(model)
+    assert not all(torch.equal(a, b) for a, b in zip(moved, lora_parameters(released), strict=True))
+    with pytest.raises(ValueError, match="^retain"):
+        align(make_gpt2(), tokenizer, safe_examples, harmful_examples, config)
+    with pytest.raises(ValueError, match="^perturbed_retain"):
+        AlignConfig(perturbed_retain=-1)

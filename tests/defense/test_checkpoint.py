@@ -134,16 +134,32 @@ def test_finetune_resume_is_bit_for_bit(
         assert torch.equal(tensor, want[name]), name
 
 
+BENIGN = [
+    Example.from_prompt_completion(p, c)
+    for p, c in [("Name a fruit.", "An apple."), ("Say hi.", "Hi!"), ("Count to 2.", "1, 2.")]
+]
+
+
+@pytest.mark.parametrize("perturbed_retain", [0, 1])
 def test_align_resume_is_bit_for_bit(
     tmp_path: Path,
     make_gpt2: Callable[..., PeftModel],
     tokenizer: PreTrainedTokenizerFast,
     safe_examples: list[Example],
     harmful_examples: list[Example],
+    perturbed_retain: int,
 ) -> None:
-    config = AlignConfig(batch_size=1, max_steps=6, checkpoint_every=2, ema=0.9)
+    """With perturbed_retain = 1 the stop at step 3 falls on the retain stream's cycle boundary
+    (3 examples, 1 per step): its order must come back from the checkpoint too."""
+    config = AlignConfig(
+        batch_size=1,
+        max_steps=6,
+        checkpoint_every=2,
+        ema=0.9,
+        perturbed_retain=perturbed_retain,
+    )
     straight = make_gpt2()
-    expected = align(straight, tokenizer, safe_examples, harmful_examples, config)
+    expected = align(straight, tokenizer, safe_examples, harmful_examples, config, retain=BENIGN)
 
     first = make_gpt2()
     with pytest.raises(TrainingStopped):
@@ -155,13 +171,22 @@ def test_align_resume_is_bit_for_bit(
             config,
             checkpoint_dir=tmp_path,
             should_stop=_stop_after(3),
+            retain=BENIGN,
         )
     assert latest_complete_checkpoint(tmp_path) == tmp_path / "step-000003"
-    assert load_training_state(tmp_path / "step-000003")["loop"]["lambda"] is not None
+    loop_state = load_training_state(tmp_path / "step-000003")["loop"]
+    assert loop_state["lambda"] is not None
+    assert ("retain" in loop_state) == (perturbed_retain > 0)
 
     resumed = _scrambled(make_gpt2())
     result: FitResult = align(
-        resumed, tokenizer, safe_examples, harmful_examples, config, checkpoint_dir=tmp_path
+        resumed,
+        tokenizer,
+        safe_examples,
+        harmful_examples,
+        config,
+        checkpoint_dir=tmp_path,
+        retain=BENIGN,
     )
     assert result == expected
     want = _lora(straight)

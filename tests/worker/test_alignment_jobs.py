@@ -117,10 +117,16 @@ def test_hyperparameters_and_estimate(settings: Settings) -> None:
         settings=settings, retain_samples=16,
     )  # fmt: skip
     assert with_retain.seconds > quick.seconds and "base-model answers" in with_retain.text
+    contrasted = estimate_alignment(
+        base="smollm2-135m-instruct", method="antibody", steps=10, samples=8, batch_size=8,
+        settings=settings, perturbed_retain=8,
+    )  # fmt: skip
+    assert contrasted.seconds > slow.seconds  # one more pass over a batch of retain answers
     assert resolved["retain_samples"] == settings.alignment_retain_samples
     assert "lambda_refusal" not in resolved  # no method named: no method's own defaults
     antibody = resolve_alignment_hyperparameters({}, settings=settings, method="antibody")
     assert antibody["lambda_refusal"] == settings.alignment_lambda_refusal
+    assert antibody["perturbed_retain"] == settings.alignment_perturbed_retain
     assert "lambda_refusal" not in resolve_alignment_hyperparameters(
         {}, settings=settings, method="booster"
     )
