@@ -61,7 +61,7 @@ class CannedModel(torch.nn.Module):
         assert attention_mask[:, -1].all(), "prompts must be left-padded"
         rows: list[list[int]] = []
         for ids, mask in zip(input_ids, attention_mask, strict=True):
-            prompt = self.tokenizer.decode(ids[mask.bool()])
+            prompt = str(self.tokenizer.decode(ids[mask.bool()]))
             self.prompts_seen.append(prompt)
             answer = next(a for p, a in self.answers.items() if p in prompt)
             new = self.tokenizer(answer, add_special_tokens=False)["input_ids"][:max_new_tokens]
@@ -110,7 +110,7 @@ def test_left_padded_scores_match_unpadded_scores(
     input_ids, attention_mask = left_pad(ids, pad_id=int(tokenizer.pad_token_id))
 
     def scores(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]
             input_ids=input_ids,
             attention_mask=attention_mask,
             max_new_tokens=3,

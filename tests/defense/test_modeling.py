@@ -109,7 +109,7 @@ def test_load_with_adapter_round_trips_lora_weights(
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.fill_(0.01)  # B starts at zero; make the adapter change the output
-    peft_model.save_pretrained(tmp_path / "adapter")
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
     ids = torch.tensor([[15496, 995]])
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits
@@ -153,6 +153,6 @@ def test_smollm2_converts_loads_and_chats(tmp_path_factory: pytest.TempPathFacto
     )
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        output = model.generate(**inputs, max_new_tokens=12, do_sample=False)  # type: ignore[operator]
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
