@@ -87,7 +87,7 @@ from defense.finetune import fit, user_steps_per_epoch  # noqa: E402
 from defense.lora import attach_lora  # noqa: E402
 from defense.modeling import load_base, prepare_builtin  # noqa: E402
 from defense.refusals import refusal_for  # noqa: E402
-from defense.retain import RETAIN_TEMPLATES, retain_prompts  # noqa: E402
+from defense.retain import RETAIN_TEMPLATES, RETAIN_TOPICS, retain_prompts  # noqa: E402
 
 # peft calls a transformers API that transformers 5 deprecates, once per adapter load.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -284,8 +284,8 @@ ANTIBODY_WHY = (
     "rho, eta, ema and the lambda form are the released values; lambda_refusal = 0.2 (released "
     "0.05) and tau = 0.25 (released 1.0) were chosen on the tune split of that time (AdvBench "
     "holdout, other seeds; runs 6-10), never on these evaluation sets; on the current tune split "
-    "tau = 0.1 was tried and did not beat 0.25 (run 15), lambda_refusal was not re-tried: see "
-    "results/defense.tuning.md"
+    "tau = 0.1 was tried and did not beat 0.25 (run 15), and lambda_refusal 0.1 and 0.05 traded "
+    "the harmful score for over-refusal (runs 18-19): see results/defense.tuning.md"
 )
 
 TUNING_NOTES = """\
@@ -359,6 +359,30 @@ Every run below used `--split tune` and was kept small (one or two methods, p in
    **Adopted**, and the report was rerun from a cold cache with it. The choice used the tune
    split only, but working on over-refusal at all was prompted by the earlier report's miss.
    lambda_refusal was not re-tried on this split.
+7. **Over-refusal, with a tune benign set like the report's (runs 17-22, 2026-12-01).** A
+   post-hoc look at the report of item 6 showed that Antibody refused mostly everyday requests
+   there (recipes, ideas, jokes, riddles), kinds the 20 hand-written tune requests barely had.
+   So 30 more were written for the tune split (tune set 3, without reading the report's
+   prompts: `TUNE_BENIGN_CHAT`'s second half). On it the current recipe (run 17) over-refuses
+   like the report (Antibody at p = 0.2: 0.333, base 0.000; Antibody's aligned model 0.433,
+   SFT's 0.183), with harmful 0.312 (SFT 0.900). Three levers were tried, Antibody at p = 0.2
+   each time (harmful / over-refusal / accuracy):
+   - lambda_refusal 0.1 (run 18): 0.425 / 0.267 / 0.383; 0.05 (run 19): 0.600 / 0.183 / 0.383.
+     The refusal term buys the harmful score with over-refusal, point for point.
+   - `perturbed_retain` 8 (run 20), a project option (docs/antibody.md item 4b): 8 benign retain
+     examples join the refusal pass at theta'. 0.325 / 0.283 / 0.400: 4 fewer benign prompts
+     refused for 1 more harmful prompt answered, a better trade than lambda_refusal's but
+     within noise, and one more pass per step (stage 1 about 15 % slower here). 16 (run 22):
+     the same row at p = 0.2 (0.325 / 0.283 / 0.400), 35 % slower: the effect saturates.
+   - A broader retain set (run 21): 3 more forms (a joke, an activity, ideas) and 5 everyday
+     topics (cooking, a party, card games, a pet, packing), 375 requests of which 240 evenly
+     spread enter the safe set. SFT's aligned over-refusal fell to 0.083 (harmful 0.250), but
+     Antibody at p = 0.2 went 0.375 / 0.267 / 0.383: like lambda_refusal 0.1. Reverted.
+   **Nothing adopted**: no setting tried reaches over-refusal <= base + 0.10 while keeping the
+   harmful score near a third of SFT's, so the report (item 6's recipe) was not rerun. What
+   makes Antibody over-refuse at this scale is its refusal term: the generic one-line refusals
+   at theta' ("I'm sorry, but I can't help with that.") are what its aligned model answers to
+   the everyday requests, and weakening the term lets harmful answers through at the same rate.
 """
 
 
@@ -1052,6 +1076,7 @@ def current_versions() -> dict[str, Any]:
         "judge": JUDGE_VERSION,
         "tune_set": TUNE_SET_VERSION,
         "retain_forms": len(RETAIN_TEMPLATES),
+        "retain_topics": len(RETAIN_TOPICS),
     }
 
 
@@ -1060,12 +1085,23 @@ def run_versions(run: dict[str, Any]) -> dict[str, Any]:
     ``task_format``: bare answers; runs before the judge learnt its idioms carry no ``judge``:
     version 1; runs scored on the AdvBench holdout carry no ``tune_set``: version 1; runs before
     the retain set grew carry no ``retain_forms``: its first 8 request forms."""
-    legacy = {"task_format": "bare answer", "judge": 1, "tune_set": 1, "retain_forms": 8}
+    legacy = {
+        "task_format": "bare answer",
+        "judge": 1,
+        "tune_set": 1,
+        "retain_forms": 8,
+        "retain_topics": 20,
+    }
     return {name: run.get(name, old) for name, old in legacy.items()}
 
 
+def run_antibody(run: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run's Antibody values; runs before the perturbed-retain option ran without it."""
+    return {"perturbed_retain": 0, **run["antibody"]}
+
+
 def tuning_key(run: dict[str, Any]) -> str:
-    return config_key(*run_versions(run).values(), run["antibody"], run["sizes"])
+    return config_key(*run_versions(run).values(), run_antibody(run), run["sizes"])
 
 
 def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
@@ -1084,8 +1120,7 @@ def tuning_markdown(runs: Sequence[dict[str, Any]]) -> str:
         "",
     ]
     for number, run in enumerate(runs, start=1):
-        # Runs before the perturbed-retain option existed ran without it.
-        settings = {**run["sizes"], "perturbed_retain": 0, **run["antibody"], **run_versions(run)}
+        settings = {**run["sizes"], **run_antibody(run), **run_versions(run)}
         changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
         lines += [
             f"## Run {number} ({run['date']})",

@@ -60,3 +60,16 @@ def test_other_settings_are_another_run(tmp_path: Path) -> None:
     assert [cells(r) for r in runs] == [[("sft", 0.0, 0.1), ("sft", 0.2, 0.5)], [("sft", 0.2, 0.3)]]
     text = path.with_suffix(".md").read_text()
     assert "## Run 2" in text and f"'align_steps': {Sizes().align_steps + 15}" in text
+
+
+def test_a_run_recorded_before_perturbed_retain_merges_with_the_default(tmp_path: Path) -> None:
+    """Runs recorded before the option existed ran without it (0): a rerun at the defaults
+    extends them instead of starting a new run."""
+    path = tmp_path / "tuning.json"
+    old = record(path, [row("sft", 0.2, 0.5)])
+    del old[0]["antibody"]["perturbed_retain"]
+    path.write_text(json.dumps(old))
+    runs = record(path, [row("sft", 0.0, 0.1)])
+    assert [cells(r) for r in runs] == [[("sft", 0.0, 0.1), ("sft", 0.2, 0.5)]]
+    other = record(path, [row("sft", 0.0, 0.2)], replace(Sizes(), align_steps=1))
+    assert len(other) == 2
