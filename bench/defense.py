@@ -282,7 +282,7 @@ class AntibodyParams:
 
 ANTIBODY_WHY = (
     "rho, eta, ema and the lambda form are the released values (smaller rho was tried on the "
-    "tune split, runs 23-26, and not adopted yet); lambda_refusal = 0.2 (released "
+    "tune split, runs 23-27, and not adopted yet); lambda_refusal = 0.2 (released "
     "0.05) and tau = 0.25 (released 1.0) were chosen on the tune split of that time (AdvBench "
     "holdout, other seeds; runs 6-10), never on these evaluation sets; on the current tune split "
     "tau = 0.1 was tried and did not beat 0.25 (run 15), and lambda_refusal 0.1 and 0.05 traded "
@@ -384,7 +384,7 @@ Every run below used `--split tune` and was kept small (one or two methods, p in
    makes Antibody over-refuse at this scale is its refusal term: the generic one-line refusals
    at theta' ("I'm sorry, but I can't help with that.") are what its aligned model answers to
    the everyday requests, and weakening the term lets harmful answers through at the same rate.
-8. **rho, never tuned before (runs 23-26, 2026-12-01).** rho is a radius in LoRA-parameter
+8. **rho, never tuned before (runs 23-27, 2026-12-01).** rho is a radius in LoRA-parameter
    space, and our LoRA scales its update by alpha / r = 16 / 8 = 2 where the released one
    scales by 4 / 32 = 0.125, so the released rho = 0.1 is a simulated harmful step about 16x
    larger here (0.1 x 0.125 / 2 = 0.00625 would match it). Antibody at p = 0.2 (harmful /
@@ -394,9 +394,10 @@ Every run below used `--split tune` and was kept small (one or two methods, p in
    harmful lines' mean relative weight at 0.110 (rho 0.1: 0.264). A smaller rho moves the
    whole trade-off (less harm *and* less over-refusal than rho 0.1's 0.312 / 0.333) for 1-2 of
    60 arithmetic items (SFT 0.383): at 0.00625 the over-refusal target misses by 4 of 60
-   prompts and accuracy by 1 item. **Not adopted yet**: adopting needs a cold report rerun
-   (63 min), which did not fit in this session; the next one should try rho 0.00625 with
-   lambda_refusal 0.1 on this split, then rerun the report.
+   prompts and accuracy by 1 item. With lambda_refusal 0.1 as well (run 27): 0.287 / 0.150 /
+   0.367, one benign prompt fewer refused for nine harmful ones more answered, so run 26's
+   settings are the better candidate. **Not adopted yet**: adopting needs a cold report rerun
+   (63 min), which did not fit in this session.
 """
 
 
