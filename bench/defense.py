@@ -422,6 +422,11 @@ class BenchData:
     attack_harmful: list[Example]
     task_train: list[Example]
 
+    @property
+    def retain(self) -> list[Example]:
+        """The retain pairs: the tail of the safe set."""
+        return self.safe[len(self.safe) - self.n_retain :]
+
 
 @dataclass
 class Context:
@@ -725,7 +730,7 @@ def aligned_adapter(method: str, ctx: Context) -> Path:
         config,
         checkpoint_dir=cell / "checkpoints",
         on_step=step_logger(f"align/{method}"),
-        retain=ctx.data.safe[len(ctx.data.safe) - ctx.data.n_retain :],
+        retain=ctx.data.retain,
     )
     model.save_pretrained(str(cell / "adapter"))
     seconds = round(time.monotonic() - started, 1)

@@ -531,9 +531,13 @@ def align(
             should_stop=should_stop,
             run_identity=run_identity(
                 config,
-                digest(safe_encoded, harmful_encoded, refusal_encoded)
-                if not retain_encoded
-                else digest(safe_encoded, harmful_encoded, refusal_encoded, retain_encoded),
+                # retain only when used, so runs without it keep their earlier identity
+                digest(
+                    safe_encoded,
+                    harmful_encoded,
+                    refusal_encoded,
+                    *([retain_encoded] if retain_encoded else []),
+                ),
             ),
         )
     finally:
