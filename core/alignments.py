@@ -68,9 +68,11 @@ def resolve_alignment_hyperparameters(
     requested: dict[str, Any] | None, *, settings: Settings, method: str | None = None
 ) -> dict[str, Any]:
     """The hyperparameters an alignment runs with: the requested ones (type-checked) over the
-    settings' defaults (``lambda_refusal`` and ``perturbed_retain`` only for ``method``
-    antibody: the other methods have no refusal term). Range checks are ``AlignConfig``'s, in the worker; a bad value fails
-    the job there with the field's name. Raises ``ValueError`` for unknown names or wrong types."""
+    settings' defaults (``rho`` only for ``method`` antibody and booster, the methods with a
+    simulated harmful step; ``lambda_refusal`` and ``perturbed_retain`` only for antibody: the
+    other methods have no refusal term). Range checks are ``AlignConfig``'s, in the worker; a
+    bad value fails the job there with the field's name. Raises ``ValueError`` for unknown names
+    or wrong types."""
     requested = dict(requested or {})
     unknown = sorted(set(requested) - set(_INT_KEYS + _FLOAT_KEYS + _STR_KEYS))
     if unknown:
@@ -97,6 +99,8 @@ def resolve_alignment_hyperparameters(
         "retain_samples": settings.alignment_retain_samples,
         "seed": 0,
     }
+    if method in ("antibody", "booster"):
+        resolved["rho"] = settings.alignment_rho
     if method == "antibody":
         resolved["lambda_refusal"] = settings.alignment_lambda_refusal
         resolved["perturbed_retain"] = settings.alignment_perturbed_retain

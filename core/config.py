@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     alignment_samples: int = Field(
         160, description="AdvBench prompts (refusal + harmful answer pairs) used for alignment."
     )
+    alignment_rho: float = Field(
+        0.00625,
+        ge=0,
+        description="Antibody and Booster alignment: radius of the simulated harmful step. The "
+        "authors' 0.1 is for their LoRA (alpha / r = 4 / 32); ours scales its update by "
+        "16 / 8, 16x more, so 0.1 x 0.125 / 2 = 0.00625 is the released step at our scale "
+        "(bench/results/defense.tuning.md, item 8).",
+    )
     alignment_lambda_refusal: float = Field(
         0.2,
         ge=0,

@@ -118,7 +118,8 @@ def _described(name: str, what: str) -> Any:
 class AlignmentHyperparameters(BaseModel):
     """Stage-1 training settings. Each one left out (or null) takes the server's setting
     (alignment_steps, alignment_batch_size, alignment_learning_rate, alignment_samples,
-    alignment_retain_samples) or the method's default."""
+    alignment_retain_samples; for Antibody and Booster alignment_rho, for Antibody
+    alignment_lambda_refusal and alignment_perturbed_retain) or the method's default."""
 
     model_config = ConfigDict(extra="forbid")
 

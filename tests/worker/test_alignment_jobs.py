@@ -18,6 +18,7 @@ from core.alignments import (
 from core.catalog import ensure_builtin_models
 from core.config import Settings
 from core.models import Job, JobEvent, Model, now
+from defense.config import AlignConfig
 from core.policy import resolve_served_model
 from worker.runner import _policy_view
 
@@ -127,9 +128,13 @@ def test_hyperparameters_and_estimate(settings: Settings) -> None:
     antibody = resolve_alignment_hyperparameters({}, settings=settings, method="antibody")
     assert antibody["lambda_refusal"] == settings.alignment_lambda_refusal
     assert antibody["perturbed_retain"] == settings.alignment_perturbed_retain
-    assert "lambda_refusal" not in resolve_alignment_hyperparameters(
-        {}, settings=settings, method="booster"
-    )
+    assert antibody["rho"] == settings.alignment_rho != AlignConfig().rho  # LoRA-scaled radius
+    booster = resolve_alignment_hyperparameters({}, settings=settings, method="booster")
+    assert "lambda_refusal" not in booster and booster["rho"] == settings.alignment_rho
+    assert "rho" not in resolve_alignment_hyperparameters({}, settings=settings, method="sft")
+    assert resolve_alignment_hyperparameters(
+        {"rho": 0.1}, settings=settings, method="antibody"
+    )["rho"] == 0.1  # fmt: skip
     asked = resolve_alignment_hyperparameters(
         {"lambda_refusal": 0.5}, settings=settings, method="antibody"
     )
