@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         "but the flagged-lines threshold (flag_relative_weight = 0.5) is calibrated for 1.0: at "
         "0.25 it flagged 101 of 160 lines (precision 0.29; bench/screening.py, 2026-12-01).",
     )
+    lisa_rho: float = Field(
+        2.56,
+        ge=0,
+        description="Lisa's proximal coefficient (loss += rho / 2 ||w - anchor||^2) in user "
+        "jobs whose defense is 'lisa'. Antibody's re-run of Lisa uses 0.01 on a LoRA with "
+        "alpha / r = 4 / 32; the pull's share of the gradient goes as rho / (alpha / r)^2, so "
+        "with ours (16 / 8) the same pull is 0.01 x 16^2 = 2.56 (docs/antibody.md, Lisa).",
+    )
     serve_aligned: bool = Field(
         True, description="Train user jobs on the pre-aligned model that serves the named base."
     )

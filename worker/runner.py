@@ -296,7 +296,7 @@ def _train(
             tau=float(defense.params.get("tau", 1.0)),
         )
         if defense.method == "lisa":
-            config = _scaled_lisa(config, len(data.examples))
+            config = _scaled_lisa(config, len(data.examples), rho=settings.lisa_rho)
     except (KeyError, ValueError) as err:
         raise JobError(
             "invalid_hyperparameters", f"Invalid hyperparameters: {err}", "hyperparameters"
@@ -401,9 +401,10 @@ def _train(
 LISA_CYCLES = 3
 
 
-def _scaled_lisa(config: Any, n_examples: int) -> Any:
+def _scaled_lisa(config: Any, n_examples: int, *, rho: float) -> Any:
     """Lisa's 100 guide : 900 user steps per cycle, scaled to the job: three cycles with the same
-    1 : 9 ratio (Lisa's own counts assume thousands of steps; a choice, as in bench/defense.py)."""
+    1 : 9 ratio (Lisa's own counts assume thousands of steps; a choice, as in bench/defense.py),
+    and the provider's proximal coefficient ``rho`` (``Settings.lisa_rho``)."""
     from dataclasses import replace
 
     from defense.finetune import user_steps_per_epoch
@@ -414,6 +415,7 @@ def _scaled_lisa(config: Any, n_examples: int) -> Any:
         config,
         lisa_finetune_steps=finetune_steps,
         lisa_align_steps=max(1, round(finetune_steps / 9)),
+        lisa_rho=rho,
     )
 
 

@@ -18,8 +18,8 @@ from core.alignments import (
 from core.catalog import ensure_builtin_models
 from core.config import Settings
 from core.models import Job, JobEvent, Model, now
-from defense.config import AlignConfig
 from core.policy import resolve_served_model
+from defense.config import AlignConfig
 from worker.runner import _policy_view
 
 
