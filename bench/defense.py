@@ -1024,8 +1024,8 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"90 minutes on a 2-core machine (measured cold, in one invocation: 63.1 min on an AMD "
         f"EPYC on 2026-12-01, results/defense.rho01.md); an AVX2-only 2-core machine needs about "
         f"133 min (per-cell costs: bench/README.md). The cells of this table took "
-        f"{cell_minutes(rows):.1f} min (their train s and eval s, each model once), plus the "
-        f"base-model answers (about 4 min, once); this invocation took {meta['minutes']:.1f} min "
+        f"{cell_minutes(rows):.1f} min (their train s and eval s, each model once), plus "
+        f"generating the base-model answers once (about 4 min at the default sizes); this invocation took {meta['minutes']:.1f} min "
         "(wall time, pauses included; cells found in the cache are not rerun).",
         "",
         "## Caveats",
