@@ -224,6 +224,14 @@ CAVEATS = (
     "it, run 28). Booster's rho was converted the same way, and Lisa's proximal rho as rho / "
     "scale^2 (0.01 -> 2.56), without tuning runs of their own; at the released values "
     "(results/defense.rho01.md) they had 0.787 and 0.950 at p = 0.2, here 0.900 and 0.875.",
+    "- Why the two missed targets (2026-12-01 report). Over-refusal: Antibody's aligned model "
+    "already refuses 0.417 of the benign prompts (SFT's 0.267), mostly everyday requests "
+    "answered with the generic one-line refusals its refusal term trains at the perturbed "
+    "point; on the tune split lowering that term's weight traded harmful score for "
+    "over-refusal point for point, and benign examples at the perturbed point or a broader "
+    "retain set moved it within noise (tuning item 7). Accuracy: 0.367 against 0.383 is one "
+    "of 60 items (standard error about 0.06); the tune split showed the same one-item gap at "
+    "this rho, and rho 0.1 had 0.400 in both, so the smaller radius costs one or two items.",
     "- Provenance of this table (2026-12-01): the cold run was restarted once after its "
     "alignments to pick up Lisa's converted rho (cached cells are reused), and by mistake the "
     "first copy kept running beside the second for 14 minutes. The five cells they computed at "
