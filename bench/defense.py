@@ -116,18 +116,14 @@ RATIOS = (0.0, 0.1, 0.2)
 LORA = LoraSettings()  # r=8, alpha=16, q/k/v projections, no dropout
 RELEASED_RHO = 0.1
 """The authors' radius of the simulated harmful step (Antibody and Booster alike)."""
-RELEASED_LORA_SCALE = 4 / 32
-"""The authors' LoRA: alpha / r = 4 / 32. rho is a radius in LoRA-parameter space, and the
-adapter's update is scaled by alpha / r, so the released step at our scale is rho x 4/32 / (16/8)."""
-LORA_SCALED_RHO = RELEASED_RHO * RELEASED_LORA_SCALE / (LORA.alpha / LORA.r)
-"""0.00625: the released rho translated to our LoRA (tuning item 8). Booster gets it untuned, the
-same conversion as Antibody's, so that neither runs a simulated step 16x the authors'."""
+LORA_SCALED_RHO = LORA.translated_radius(RELEASED_RHO)
+"""0.00625: the released rho on our LoRA (scale 16 / 8 against the authors' 4 / 32; tuning
+item 8). Booster gets it untuned, the same translation as Antibody's, so that neither runs a
+simulated step 16x the authors'."""
 RELEASED_LISA_RHO = 0.01
-"""Lisa's proximal coefficient in Antibody's re-run (on the authors' LoRA, alpha / r = 4 / 32)."""
-LORA_SCALED_LISA_RHO = RELEASED_LISA_RHO * ((LORA.alpha / LORA.r) / RELEASED_LORA_SCALE) ** 2
-"""2.56: the same translation for Lisa's rho / 2 ||w - anchor||^2. For a given drift of the
-layer's weights, w - anchor shrinks as 1 / s (s = alpha / r) and the task gradient grows as s, so
-the pull's share of the gradient goes as rho / s^2 (docs/antibody.md, Lisa)."""
+"""Lisa's proximal coefficient in Antibody's re-run (on the authors' LoRA)."""
+LORA_SCALED_LISA_RHO = LORA.translated_proximal(RELEASED_LISA_RHO)
+"""2.56: the same translation for Lisa's rho / 2 ||w - anchor||^2 (docs/antibody.md, item 16)."""
 LORA_SEED = 0
 TRAIN_SEED = 1  # arithmetic training items; 0 is taken by benign_prompts' task questions
 ATTACK_SEED = 0  # shuffle of the poisoned mix
@@ -1023,9 +1019,9 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"- Antibody hyper-parameters: `{asdict(ctx.antibody)}` — {ANTIBODY_WHY}.",
         f"- Baselines: Booster lambda=5, rho={LORA_SCALED_RHO:g} (the released 0.1 translated "
         "to our LoRA, as Antibody's: tuning item 8); Vaccine rho=5; Lisa "
-        f"rho={LORA_SCALED_LISA_RHO:g} (Antibody's re-run's 0.01 translated the same way), guide data = the "
-        "safe set (the refusal and retain pairs), 1 guide step per 9 user steps in "
-        f"{LISA_CYCLES} cycles.",
+        f"rho={LORA_SCALED_LISA_RHO:g} (Antibody's re-run's 0.01 translated the same way), "
+        "guide data = the safe set (the refusal and retain pairs), 1 guide step per 9 user "
+        f"steps in {LISA_CYCLES} cycles.",
         "- One seed; with n prompts a share has a standard error of about "
         "sqrt(s(1-s)/n) (0.05 at n=100, s=0.5).",
         f"- Budget: the default sizes were chosen so that a cold run of the whole matrix fits in "
@@ -1033,8 +1029,9 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"EPYC on 2026-12-01, results/defense.rho01.md); an AVX2-only 2-core machine needs about "
         f"133 min (per-cell costs: bench/README.md). The cells of this table took "
         f"{cell_minutes(rows):.1f} min (their train s and eval s, each model once), plus "
-        f"generating the base-model answers once (about 4 min at the default sizes); this invocation took {meta['minutes']:.1f} min "
-        "(wall time, pauses included; cells found in the cache are not rerun).",
+        "generating the base-model answers once (about 4 min at the default sizes); this "
+        f"invocation took {meta['minutes']:.1f} min (wall time, pauses included; cells found in "
+        "the cache are not rerun).",
         "",
         "## Caveats",
         "",

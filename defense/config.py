@@ -46,6 +46,10 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+RELEASED_LORA_SCALE = 4 / 32
+"""The authors' adapter (r = 32, alpha = 4): the scale their released hyper-parameters go with."""
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """The LoRA adapter that carries every trainable parameter.
@@ -72,6 +76,22 @@ class LoraSettings:
                     f"target_modules must be None or a non-empty tuple of module names, "
                     f"got {self.target_modules!r}"
                 )
+
+    @property
+    def scale(self) -> float:
+        """``alpha / r``: the factor on the adapter's update ``B A``."""
+        return self.alpha / self.r
+
+    def translated_radius(self, released: float) -> float:
+        """A released perturbation radius (Antibody's and Booster's rho) on this adapter: a step
+        of length rho moves the layer's weights by about ``scale * rho``, so that product is kept
+        (docs/antibody.md, item 2)."""
+        return released * RELEASED_LORA_SCALE / self.scale
+
+    def translated_proximal(self, released: float) -> float:
+        """A released proximal coefficient (Lisa's rho) on this adapter: the pull's share of the
+        gradient goes as ``rho / scale**2``, so that ratio is kept (docs/antibody.md, item 16)."""
+        return released * (self.scale / RELEASED_LORA_SCALE) ** 2
 
 
 @dataclass(frozen=True)
