@@ -24,6 +24,7 @@ from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
 from core.models import ApiKey, Job, JobEvent, Model
 from core.queue import MAINTENANCE_QUEUE, TRAINING_QUEUE
+from core.shipped import install_shipped
 
 console = Console(stderr=True)
 
@@ -43,6 +44,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 0
     _migrate(settings)
     console.print(f"Database at head: {settings.resolved_database_url}")
+    # Production's one-shot `migrate` service registers the shipped adapter on the shared volume,
+    # so the default model is served defended before any worker has aligned it.
+    _install_shipped(settings, settings.default_model, settings.alignment_method)
     return 0
 
 
@@ -81,6 +85,7 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
     _prepare_builtin(settings, args.name)
     with session_scope(session_factory(settings.resolved_database_url)) as session:
         ensure_builtin_models(session, settings.resolved_models_dir)
+    _install_shipped(settings, args.name, settings.alignment_method)
     return 0
 
 
@@ -212,11 +217,37 @@ def _follow(settings: Settings, job_id: str, *, poll_s: float = 1.0) -> int:
     return 1
 
 
+def _install_shipped(settings: Settings, base: str, method: str) -> bool:
+    """Register the project's shipped pre-aligned adapter for ``base`` (verified by SHA-256) when
+    no aligned model is ready or pending. True when one now serves ``base``."""
+    if not settings.use_shipped_adapters:
+        return False
+    with session_scope(session_factory(settings.resolved_database_url)) as session:
+        installed = install_shipped(
+            session, base=base, method=method, models_dir=settings.resolved_models_dir
+        )
+    if installed.outcome == "registered":
+        console.print(
+            f"[bold]{installed.model_id} (the project's shipped pre-aligned adapter, SHA-256 "
+            f"verified) now serves {base}.[/bold] Re-align at any time: "
+            f"`ftaas models align --base {base} --method {method}`."
+        )
+    elif installed.outcome == "rejected":
+        console.print(
+            f"[yellow]The shipped adapter {installed.model_id} was not registered: "
+            f"{installed.message}.[/yellow]"
+        )
+    return installed.outcome in ("registered", "present")
+
+
 def _first_start_alignment(settings: Settings) -> None:
-    """Queue the default model's alignment unless an aligned model for it is ready or pending."""
+    """Serve the default model defended: the shipped pre-aligned adapter when there is one, else
+    queue its alignment unless an aligned model for it is ready or pending."""
     from core.policy import aligned_model_id
 
     base, method = settings.default_model, settings.alignment_method
+    if _install_shipped(settings, base, method):
+        return
     if not settings.align_on_first_start:
         return
     with session_scope(session_factory(settings.resolved_database_url)) as session:

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     align_on_first_start: bool = Field(
         True, description="`ftaas serve` queues the default model's alignment when none is cached."
     )
+    use_shipped_adapters: bool = Field(
+        True,
+        description="Register the project's shipped pre-aligned adapter (core/shipped/, SHA-256 "
+        "verified) for a base that has no aligned model ready or pending, instead of aligning it "
+        "on first start.",
+    )
     # The alignment defaults are bench/defense.py's recipe on SmolLM2-135M (160 refusal + 240
     # retain pairs, 40 steps of 8 at lr 5e-4; bench/results/defense.tuning.md, items 4-6).
     alignment_steps: int = Field(40, description="Optimizer steps of an alignment job.")
