@@ -16,6 +16,11 @@ TASK_SCREEN_FILE = "ftaas.files.screen"
 TRAINING_QUEUE = "training"
 # Light periodic work (the sweeper) has its own queue so it never waits behind a training job.
 MAINTENANCE_QUEUE = "maintenance"
+# Stage-1 alignments run for hours on a CPU: their own queue keeps user jobs from waiting behind
+# them, and upload screening has its own so a slow or huge file never stalls training.
+ALIGNMENT_QUEUE = "alignment"
+SCREENING_QUEUE = "screening"
+ALL_QUEUES = (TRAINING_QUEUE, ALIGNMENT_QUEUE, SCREENING_QUEUE, MAINTENANCE_QUEUE)
 
 
 def make_celery(settings: Settings) -> Celery:
