@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -305,7 +303,7 @@ def _worker_argv(*, maintenance: bool, concurrency: int = 1) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from cli.supervise import Supervisor, serve_children
 
     settings = get_settings()
     _migrate(settings)
@@ -313,38 +311,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_prepare:
         _prepare_builtin(settings, settings.default_model)
     _first_start_alignment(settings)
-    # Workers get their own sessions so Ctrl-C reaches only us; we then stop them ourselves.
-    workers = [
-        subprocess.Popen(_worker_argv(maintenance=False), start_new_session=True),
-        subprocess.Popen(_worker_argv(maintenance=True), start_new_session=True),
-    ]
+    children = serve_children(args.host, args.port)
+    supervisor = Supervisor(children, stop_timeout_s=settings.stop_timeout_s)
     console.print(
         f"API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs); "
-        f"one training worker (pid {workers[0].pid}) and the sweeper (pid {workers[1].pid}). "
-        "Ctrl-C stops them all."
+        "workers: training, alignment, screening + maintenance. Ctrl-C or SIGTERM stops them all "
+        f"(within {settings.stop_timeout_s:.0f} s)."
     )
-    try:
-        uvicorn.run(
-            "api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info"
-        )
-    finally:
-        for worker in workers:
-            _stop_process_group(worker)
-    return 0
-
-
-def _stop_process_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
+    return supervisor.run()
 
 
 def cmd_api(args: argparse.Namespace) -> int:

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         0, description="torch CPU threads in the worker (0 = torch default)."
     )
 
+    stop_timeout_s: float = Field(
+        20.0,
+        description="`ftaas serve`: after SIGTERM/SIGINT, how long its processes get to stop "
+        "(a training worker checkpoints and gives its job back) before SIGKILL.",
+    )
+
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
