@@ -42,7 +42,7 @@ def served(cluster: PostgresCluster, tmp_path: Path) -> Iterator[tuple[str, str]
         database_url=cluster.url,
         broker_url="redis://127.0.0.1:1/0",  # never reached: nothing is enqueued here
         key_secret="test-secret",
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     with session_scope(session_factory(cluster.url)) as session:
         key = create_key(session, tenant_name="acme", admin=False, secret=b"test-secret")
