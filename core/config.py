@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -169,6 +170,18 @@ class Settings(BaseSettings):
         20.0,
         description="`ftaas serve`: after SIGTERM/SIGINT, how long its processes get to stop "
         "(a training worker checkpoints and gives its job back) before SIGKILL.",
+    )
+
+    # Operations.
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines: 'text', or 'json' (one object per line, with job_id)."
+    )
+    log_level: str = Field("INFO", description="Root log level (DEBUG, INFO, WARNING, ...).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at GET /metrics.")
+    worker_metrics_port: int | None = Field(
+        None,
+        description="A worker serves its own Prometheus /metrics on this port (unset: off). "
+        "Each worker process on one host needs its own port.",
     )
 
     # API.
