@@ -324,8 +324,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from core.logs import configure_logging
+
+    configure_logging(get_settings())
+    # log_config=None: uvicorn's loggers go through ours (JSON when FTAAS_LOG_FORMAT=json).
     uvicorn.run(
-        "api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
     )
     return 0
 

@@ -5,7 +5,10 @@ Start one worker per GPU: ``ftaas worker`` (or ``celery -A worker.celery_app wor
 
 from __future__ import annotations
 
-from celery import Celery
+# First: it sets prometheus client's multiprocess folder before anything imports the client.
+from worker import observability  # isort: skip
+
+from celery import Celery, signals
 
 from core.config import get_settings
 from core.queue import MAINTENANCE_QUEUE, TASK_SWEEP, TRAINING_QUEUE, make_celery
@@ -34,4 +37,14 @@ def create_worker_app() -> Celery:
     return app
 
 
+def connect_observability() -> None:
+    """Our logging instead of Celery's, the worker's /metrics, the job id on every record."""
+    signals.setup_logging.connect(observability.on_setup_logging, weak=False)
+    signals.worker_init.connect(observability.on_worker_init, weak=False)
+    signals.worker_process_shutdown.connect(observability.on_process_shutdown, weak=False)
+    signals.task_prerun.connect(observability.on_task_prerun, weak=False)
+    signals.task_postrun.connect(observability.on_task_postrun, weak=False)
+
+
+connect_observability()
 app = create_worker_app()
