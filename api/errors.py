@@ -219,7 +219,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc)
+        first_line = (str(exc).splitlines() or [""])[0]
+        log.warning(
+            "database unreachable on %s %s: %s", request.method, request.url.path, first_line
+        )
         return ServiceUnavailable(
             "The service's database is unreachable; retry after a few seconds."
         ).response()

@@ -231,14 +231,17 @@ def build_registry(factory: sessionmaker[Session]) -> tuple[CollectorRegistry, H
     """A registry per app (tests create many apps in one process): the HTTP histogram, the
     database collector, and the other API processes' series in multiprocess mode."""
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    if multiprocess:
+        # Every process writes its samples to files; the exposition sums them, so the live
+        # histogram must not be registered for exposition as well (it would count twice).
         MultiProcessCollector(registry)
     histogram = Histogram(
         "ftaas_http_request_duration_seconds",
         "API request latency by method, route template and status class.",
         ["method", "route", "status"],
         buckets=HTTP_BUCKETS,
-        registry=registry,
+        registry=CollectorRegistry() if multiprocess else registry,
     )
     registry.register(DatabaseCollector(factory))
     return registry, histogram

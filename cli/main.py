@@ -327,6 +327,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     from core.logs import configure_logging
 
     configure_logging(get_settings())
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:  # several API processes: their HTTP metrics are summed from this folder
+        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
     # log_config=None: uvicorn's loggers go through ours (JSON when FTAAS_LOG_FORMAT=json).
     uvicorn.run(
         "api.main:create_app",
