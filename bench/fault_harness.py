@@ -116,6 +116,7 @@ class Harness:
         self.base_url = ""
         self.metrics_port = 0
         self.reference_job = ""
+        self.run_seconds = 0.0
 
     # -- set-up ------------------------------------------------------------------------------
     def __enter__(self) -> Harness:
@@ -242,7 +243,8 @@ class Harness:
         self, name: str, queues: list[str], *, beat: bool = False
     ) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "bench.fault_worker", "-A", "worker.celery_app", "worker"]
-        argv += ["--loglevel", "INFO", "--concurrency", "1", "-Q", ",".join(queues)]
+        argv += ["--loglevel", "INFO", "--pool", "solo", "--concurrency", "1"]
+        argv += ["-Q", ",".join(queues)]
         argv += ["--hostname", f"{name}-{len(self.workers)}-{os.getpid()}@%h"]
         argv += ["--beat", "--schedule", str(self.home / "beat-schedule")] if beat else []
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115  (the child keeps it)
@@ -363,6 +365,8 @@ class Harness:
                     f"the reference job {job_id} {status}: {self.row(job_id).error_message}"
                 )
             self.reference_seconds = time.monotonic() - started
+            row = self.row(job_id)
+            self.run_seconds = float(row.finished_at - row.started_at)
             self._reference = self.adapter(job_id)
             self.reference_job = job_id
         return self._reference
@@ -430,8 +434,9 @@ class Harness:
     def _scenario_kill9(self, rng: random.Random) -> tuple[str, int]:
         job_id = self.submit()
         self.wait_running(job_id)
-        # A random moment of the job's run: model loading, an evaluation, a step or a checkpoint.
-        time.sleep(rng.uniform(0.0, max(1.0, self.reference_seconds * 0.8)))
+        # A random moment of the job's run (claim to end, as the reference took): model loading,
+        # an evaluation, a step or a checkpoint write.
+        time.sleep(rng.uniform(0.0, max(1.0, self.run_seconds)))
         if self.row(job_id).status in TERMINAL:
             return job_id, 0
         self.signal_job_worker(job_id, signal.SIGKILL)

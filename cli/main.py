@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -21,8 +22,17 @@ from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_builtin_ready
 from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
 from core.models import ApiKey, Job, JobEvent, Model
-from core.queue import MAINTENANCE_QUEUE, TRAINING_QUEUE
+from core.queue import (
+    ALIGNMENT_QUEUE,
+    ALL_QUEUES,
+    MAINTENANCE_QUEUE,
+    SCREENING_QUEUE,
+    TRAINING_QUEUE,
+)
 from core.shipped import install_shipped
+
+# What ``ftaas worker`` consumes by default: one GPU worker that takes every kind of job.
+DEFAULT_WORKER_QUEUES = (TRAINING_QUEUE, ALIGNMENT_QUEUE, SCREENING_QUEUE)
 
 console = Console(stderr=True)
 
@@ -145,7 +155,7 @@ def _queue_alignment(
             select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
         )
     if created:
-        send_run_job(make_celery(settings), job_id)
+        send_run_job(make_celery(settings), job_id, kind="alignment")
     return job_id, str(first or ""), created
 
 
@@ -290,16 +300,27 @@ def _first_admin_key(settings: Settings) -> None:
     console.print(f"[bold]Admin API key (shown once, also saved in {key_file}):[/bold]\n{key}")
 
 
-def _worker_argv(*, maintenance: bool, concurrency: int = 1) -> list[str]:
-    """A training worker (queue ``training``), or the maintenance worker: the sweeper's queue
-    plus the beat schedule that feeds it (run exactly one of those per deployment)."""
-    queue = MAINTENANCE_QUEUE if maintenance else TRAINING_QUEUE
+def _worker_argv(
+    queues: Sequence[str] = DEFAULT_WORKER_QUEUES, concurrency: int = 1, beat: bool = False
+) -> list[str]:
+    """A Celery worker consuming ``queues`` (``training``, ``alignment``, ``screening``,
+    ``maintenance``) with the ``solo`` pool (worker/celery_app.py: the job runs in the process
+    that receives SIGTERM, so it is preempted cleanly; no process per task). ``beat`` adds the
+    sweeper's schedule: run exactly one of those per deployment, on a worker that consumes
+    ``maintenance``."""
+    unknown = sorted(set(queues) - set(ALL_QUEUES))
+    if unknown or not queues:
+        raise ValueError(
+            f"unknown queue(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(ALL_QUEUES)}"
+        )
+    name = "+".join(queues)
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", str(concurrency), "-Q", queue,
-        "--hostname", f"{queue}@%h",
+        "--loglevel", "INFO", "--pool", "solo", "--concurrency", str(concurrency),
+        "-Q", ",".join(queues), "--hostname", f"{name}@%h",
     ]  # fmt: skip
-    return argv + (["--beat"] if maintenance else [])
+    return argv + (["--beat"] if beat else [])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -329,7 +350,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     configure_logging(get_settings())
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir:  # several API processes: their HTTP metrics are summed from this folder
-        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # samples of processes that are gone
+        Path(metrics_dir).mkdir(parents=True)
     # log_config=None: uvicorn's loggers go through ours (JSON when FTAAS_LOG_FORMAT=json).
     uvicorn.run(
         "api.main:create_app",
@@ -343,9 +367,16 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    os.execv(
-        sys.executable, _worker_argv(maintenance=args.maintenance, concurrency=args.concurrency)
-    )
+    if args.maintenance:
+        argv = _worker_argv([MAINTENANCE_QUEUE], args.concurrency, beat=True)
+    else:
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        try:
+            argv = _worker_argv(queues, args.concurrency)
+        except ValueError as err:
+            console.print(f"[red]{err}[/red]")
+            return 2
+    os.execv(sys.executable, argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--maintenance",
         action="store_true",
         help="run the sweeper (maintenance queue + its schedule) instead of training; one per deployment",
+    )
+    p.add_argument(
+        "--queues",
+        default=",".join(DEFAULT_WORKER_QUEUES),
+        help="comma-separated queues to consume (training, alignment, screening); a worker per "
+        "queue keeps user jobs and screenings from waiting behind an alignment",
     )
     p.add_argument("--concurrency", type=int, default=1)
     p.set_defaults(func=cmd_worker)

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -52,20 +51,6 @@ SERVE_GROUPS = (
     WorkerGroup("alignment", (ALIGNMENT_QUEUE,)),
     WorkerGroup("screening", (SCREENING_QUEUE, MAINTENANCE_QUEUE), beat=True),
 )
-
-
-def worker_command(
-    queues: Sequence[str], *, beat: bool = False, concurrency: int = 1, name: str | None = None
-) -> list[str]:
-    """The Celery worker command line consuming ``queues`` (``--beat``: also run the schedule
-    that feeds the sweeper; exactly one per deployment)."""
-    label = name or "+".join(queues)
-    argv = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", str(concurrency), "-Q", ",".join(queues),
-        "--hostname", f"{label}@%h",
-    ]  # fmt: skip
-    return argv + (["--beat"] if beat else [])
 
 
 def api_command(host: str, port: int) -> list[str]:
@@ -211,8 +196,10 @@ def _group_alive(pgid: int) -> bool:
 
 
 def serve_children(host: str, port: int) -> list[Child]:
+    from cli.main import _worker_argv  # the one place worker command lines are built
+
     children = [Child("api", api_command(host, port), restart=False)]
     for group in SERVE_GROUPS:
-        argv = worker_command(group.queues, beat=group.beat, name=group.name)
+        argv = _worker_argv(group.queues, beat=group.beat)
         children.append(Child(f"{group.name} worker", argv, restart=True))
     return children

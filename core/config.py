@@ -161,6 +161,22 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(300.0, description="A running job silent this long is re-queued.")
     max_attempts: int = Field(3, description="Attempts before a stale job fails.")
     sweep_interval_s: float = Field(60.0, description="How often the sweeper looks for lost jobs.")
+    resend_grace_s: float = Field(
+        300.0,
+        description="A queued job's task message is sent again only this long after the last "
+        "send; the wait doubles with every re-send (up to resend_max_backoff_s).",
+    )
+    resend_max_backoff_s: float = Field(3600.0, description="Longest wait between re-sends.")
+    max_env_retries: int = Field(
+        8, description="Environment errors (disk full, I/O) in a row before a job fails."
+    )
+    env_retry_base_s: float = Field(
+        30.0, description="First wait after an environment error; doubles per retry."
+    )
+    env_retry_max_s: float = Field(1800.0, description="Longest wait after an environment error.")
+    screening_max_attempts: int = Field(
+        3, description="Screenings of a file whose worker died before it is marked failed."
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     worker_threads: int = Field(
         0, description="torch CPU threads in the worker (0 = torch default)."

@@ -6,7 +6,7 @@ tasks run in child processes, so with ``FTAAS_WORKER_METRICS_PORT`` set every pr
 samples under ``FTAAS_HOME/metrics/worker-<port>`` and the main process serves their sum.
 
 Series (docs/operations.md): task runs and their seconds by task and outcome, training step
-seconds and tokens/s by job kind, and the job currently held.
+seconds and tokens/s, and whether a task is running.
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ def _metrics_dir() -> Path | None:
     if settings.worker_metrics_port is None:
         return None
     path = settings.resolved_home / "metrics" / f"worker-{settings.worker_metrics_port}"
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(path))
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Emptied now, in the worker's main process before any metric exists: samples left by
+        # an earlier run of this worker (a kill -9 leaves them) must not be counted again.
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
@@ -46,14 +51,12 @@ TASK_SECONDS = Histogram(
 TASKS = Counter("ftaas_worker_tasks", "Tasks run by this worker.", ["task", "outcome"])
 STEP_SECONDS = Histogram(
     "ftaas_worker_step_seconds",
-    "Seconds between training step reports (one optimizer step), by job kind.",
-    ["kind"],
+    "Seconds per training step (between two step reports of the job this worker runs).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 TOKENS_PER_SECOND = Gauge(
     "ftaas_worker_tokens_per_second",
     "Training tokens/s of the job this worker runs (0 when idle).",
-    ["kind"],
     multiprocess_mode="livesum",
 )
 BUSY = Gauge("ftaas_worker_busy", "1 while a task runs.", ["task"], multiprocess_mode="livesum")
@@ -61,14 +64,14 @@ BUSY = Gauge("ftaas_worker_busy", "1 while a task runs.", ["task"], multiprocess
 _last_step: dict[str, float] = {}
 
 
-def observe_step(job_id: str, kind: str, tokens_per_second: float) -> None:
-    """Called on each training step report (worker/reporting.py)."""
+def observe_step(job_id: str, tokens_per_second: float) -> None:
+    """Called on every training step (worker/reporting.py)."""
     at = time.monotonic()
     previous = _last_step.get(job_id)
     _last_step[job_id] = at
     if previous is not None:
-        STEP_SECONDS.labels(kind).observe(at - previous)
-    TOKENS_PER_SECOND.labels(kind).set(tokens_per_second)
+        STEP_SECONDS.observe(at - previous)
+    TOKENS_PER_SECOND.set(tokens_per_second)
 
 
 # -- Celery signal handlers (connected in worker/celery_app.py) ---------------------------------
@@ -80,12 +83,10 @@ def on_setup_logging(**_: Any) -> None:
 
 
 def on_worker_init(**_: Any) -> None:
-    """Main process, before the pool starts: an empty samples folder and the HTTP server."""
+    """Main process, before the pool starts: the HTTP server summing every process's samples."""
     settings = get_settings()
     if METRICS_DIR is None or settings.worker_metrics_port is None:
         return
-    shutil.rmtree(METRICS_DIR, ignore_errors=True)
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -124,8 +125,7 @@ def on_task_postrun(
     TASK_SECONDS.labels(name, outcome).observe(time.monotonic() - started)
     TASKS.labels(name, outcome).inc()
     BUSY.labels(name).set(0)
-    for kind in ("fine_tune", "alignment"):
-        TOKENS_PER_SECOND.labels(kind).set(0)
+    TOKENS_PER_SECOND.set(0)
     _last_step.clear()
     if context is not None:
         context.__exit__(None, None, None)

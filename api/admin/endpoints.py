@@ -159,7 +159,7 @@ def create_alignment(
         settings=settings,
         tenant_id=key.tenant_id,
         body=body,
-        enqueue=queue.send_run_job,
+        enqueue=queue.send_alignment_job,
     )
     if not created:
         response.headers["idempotent-replayed"] = "true"
