@@ -63,6 +63,13 @@ ONCE_EVENT = re.compile(
 # Attempts a job may use: only a lost worker (kill -9) costs one; a preemption, an outage, a full
 # disk or a slow evaluation must not.
 ATTEMPTS = {"kill9": 2}
+# Proof that the fault really hit the job (an event the worker writes when it recovers from it);
+# kill9 and broker_restart may land when nothing can show it (the job already finished, or the
+# restart fell between messages), so they have none.
+EVIDENCE = {
+    "sigterm": re.compile(r"The worker was stopped; the job is back in the queue"),
+    "disk_full": re.compile(r"environment error .*(No space|ENOSPC|disk)", re.I),
+}
 
 
 class ScenarioFailed(AssertionError):
@@ -386,14 +393,24 @@ class Harness:
                 problems.append("the adapter's tensors differ in names from the reference's")
             elif not all(torch.equal(adapter[k], reference[k]) for k in reference):
                 problems.append("the final adapter differs from the uninterrupted run's")
+        evidence = EVIDENCE.get(scenario)
+        events = self.events(job_id)
+        hits = sum(1 for _, m in events if evidence is not None and evidence.search(m))
+        if evidence is not None and not hits:
+            problems.append(f"no sign in the job's events that the {scenario} fault hit it")
+        # A full disk can fail several writes in a row (one per retry while it stays full): each
+        # is an interruption that may redo up to one checkpoint interval.
+        interruptions = max(interruptions, hits)
         steps = self.steps(job_id)
         redone = len(steps) - len(set(steps))
         if redone > CHECKPOINT_EVERY * max(1, interruptions):
             problems.append(f"{redone} steps trained twice (ledger {steps})")
-        counts = Counter(m for _, m in self.events(job_id) if ONCE_EVENT.match(m))
+        counts = Counter(m for _, m in events if ONCE_EVENT.match(m))
         duplicated = [message for message, n in counts.items() if n > 1]
         if duplicated:
             problems.append(f"duplicated events: {duplicated}")
+        if scenario == "slow_eval" and not (self.fault_dir / "slow_eval.started").exists():
+            problems.append("no safety evaluation was slowed down")
         allowed = ATTEMPTS.get(scenario, 1)
         if row.attempt > allowed:
             problems.append(f"used {row.attempt} attempts (at most {allowed} for {scenario})")

@@ -111,6 +111,10 @@ def classify(err: BaseException) -> WorkerError:
         return err
     if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
         return EnvironmentFault(f"{type(err).__name__}: {err.strerror or err}")
+    if type(err).__name__ == "SafetensorError" and "I/O error" in str(err):
+        # safetensors reports a failed write (a full disk, found by tests/faults disk_full) as
+        # its own exception type, not an OSError: still the machine's fault, not the job's.
+        return EnvironmentFault(f"{type(err).__name__}: {err}")
     if isinstance(err, MemoryError):
         return JobFailed("out_of_memory", "The job ran out of memory; try a smaller batch_size.")
     if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
