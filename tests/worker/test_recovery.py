@@ -226,7 +226,7 @@ def test_resume_uses_the_run_config_recorded_at_the_start(
     factory = session_factory(service_settings.resolved_database_url)
     with session_scope(factory) as s:
         s.execute(update(Model).where(Model.id == "tiny-gpt2").values(policy={"tau": 1.0}))
-    job_id = _create_job(live_api, keys.user, n_lines=30)
+    job_id = _create_job(live_api, keys.user, n_lines=16)
     thread = _in_thread(service_settings, job_id, "first")
     try:
         _wait(lambda: _row(service_settings, job_id).step >= 2, timeout=120, what="training")
@@ -257,19 +257,20 @@ def test_disk_full_during_a_checkpoint_is_retried_later(
     mount.mkdir(parents=True, exist_ok=True)
     if any(mount.iterdir()):
         pytest.skip("artifacts directory already in use")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)])
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)])
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         job_id = _create_job(live_api, keys.user, n_lines=10)
         filler = mount / "filler"
-        with open(filler, "wb") as out:
-            try:
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
-            except OSError:
-                pass
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
         runner.run_job(job_id, settings=service_settings, worker_id="full-disk")
         row = _row(service_settings, job_id)
         assert (row.status, row.attempt, row.env_retries) == ("queued", 0, 1)
