@@ -358,3 +358,50 @@ def test_tenant_messages_hide_server_paths() -> None:
     assert tenant_message("No file /home/x/adapter_config.json") == (
         "No file <path>/adapter_config.json"
     )
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_a_pending_alignment_shows_its_progress(
+    live_api: str, keys: Keys, service_settings: Settings
+) -> None:
+    """``ftaas models list`` and GET /admin/models/{id} show step, percent and time left."""
+    import httpx
+
+    from core.alignments import create_alignment_job
+
+    factory = session_factory(service_settings.resolved_database_url)
+    with session_scope(factory) as s:
+        tenant = get_or_create_tenant(s, "admin")
+        job = create_alignment_job(
+            s,
+            base="tiny-gpt2",
+            method="antibody",
+            hyperparameters={},
+            tenant_id=tenant.id,
+            settings=service_settings,
+        )
+        job.status, job.step, job.total_steps = "running", 30, 120
+        jobs.add_event(
+            s,
+            job,
+            "Step 30/120",
+            type="metrics",
+            data={"step": 30, "total_steps": 120, "estimated_finish": now() + 7200},
+        )
+    reply = httpx.get(
+        f"{live_api.removesuffix('/v1')}/admin/models/tiny-gpt2-antibody",
+        headers={"Authorization": f"Bearer {keys.admin}"},
+    )
+    assert reply.status_code == 200, reply.text
+    progress = reply.json()["alignment"]
+    assert (progress["step"], progress["total_steps"], progress["percent"]) == (30, 120, 25.0)
+    assert 7100 <= progress["eta_s"] <= 7200 and progress["eta"] == "2.0 h"
+    listed = subprocess.run(
+        [sys.executable, "-m", "cli.main", "models", "list"],
+        cwd=REPO,
+        env={**settings_env(service_settings), "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "step 30/120 (25.0%), about 2.0 h left" in listed.stdout + listed.stderr
