@@ -24,6 +24,7 @@ from core.alignments import alignment_progress
 from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_builtin_ready, is_prepared
 from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
+from core.model_status import ModelStatus, set_model_status
 from core.models import ApiKey, Job, JobEvent, Model
 from core.queue import (
     ALIGNMENT_QUEUE,
@@ -135,7 +136,8 @@ def cmd_models_register(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            row.path, row.source, row.status = str(path), "local", "ready"
+            row.path, row.source = str(path), "local"
+            set_model_status(row, ModelStatus.READY)
     console.print(f"Registered model {args.name!r} at {path}.")
     return 0
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from core import jobs
 from core.config import Settings
+from core.model_status import ModelStatus, set_model_status
 from core.models import Job, JobEvent, Model, now
 from core.policy import ALIGNMENT_METHODS, aligned_model_id
 
@@ -166,12 +167,12 @@ def create_alignment_job(
             kind="aligned",
             base_model=base,
             method=method,
-            status="pending",
+            status=ModelStatus.PENDING,
             owned_by="system",
         )
         session.add(row)
-    elif row.status != "ready":
-        row.status = "pending"
+    elif row.status != ModelStatus.READY:
+        set_model_status(row, ModelStatus.PENDING)
     job = Job(
         tenant_id=tenant_id,
         kind=ALIGNMENT_KIND,
