@@ -34,6 +34,19 @@ from worker.errors import tenant_message
 pytestmark = pytest.mark.timeout(300)
 
 
+def _fast(settings: Settings) -> Settings:
+    """Only the final checkpoint is scored, on two prompts each way: these tests are about
+    recovery, not scores."""
+    return settings.model_copy(
+        update={
+            "checkpoint_every": 1000,
+            "safety_eval_harmful": 2,
+            "safety_eval_benign": 2,
+            "safety_eval_max_new_tokens": 4,
+        }
+    )
+
+
 def _client(base_url: str, key: str) -> OpenAI:
     return OpenAI(base_url=base_url, api_key=key, max_retries=0)
 
@@ -134,6 +147,7 @@ def test_a_lost_claim_stops_every_write(
 ) -> None:
     """The sweeper hands the job to another attempt mid-training: the first worker stops within
     a step and writes no event, checkpoint row or job column after that."""
+    service_settings = _fast(service_settings).model_copy(update={"checkpoint_every": 2})
     job_id = _create_job(live_api, keys.user, n_lines=40)
     factory = session_factory(service_settings.resolved_database_url)
     thread = _in_thread(service_settings, job_id, "old-worker")
@@ -158,38 +172,52 @@ def test_a_lost_claim_stops_every_write(
         assert s.scalar(select(func.count()).where(Checkpoint.job_id == job_id)) == checkpoints
 
 
+def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "--queues", "training"],
+            cwd=REPO,
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("backend", ["production"])
 def test_sigterm_preempts_a_real_worker_and_another_resumes(
-    live_api: str,
-    worker_process: subprocess.Popen[bytes],
-    keys: Keys,
-    service_settings: Settings,
+    live_api: str, keys: Keys, service_settings: Settings
 ) -> None:
     """SIGTERM to a training worker mid-job: checkpoint at the next step, the job back to queued
     with its attempt given back, the process gone within one step + 10 s; a second worker
     resumes it to the same adapter as an uninterrupted run, no step trained twice."""
+    settings = _fast(service_settings)
+    log = settings.resolved_home / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     job_id = _create_job(live_api, keys.user, n_lines=24)
-    log = service_settings.resolved_home / "worker.log"
-    _wait(lambda: _row(service_settings, job_id).step >= 2, timeout=180, what="training", log=log)
-    os.kill(worker_process.pid, signal.SIGTERM)
-    stopped = time.monotonic()
-    worker_process.wait(timeout=30)
-    assert time.monotonic() - stopped < 15, "the worker took too long to stop"
-    row = _row(service_settings, job_id)
+    first = _worker(settings, log)
+    try:
+        _wait(lambda: _row(settings, job_id).step >= 2, timeout=180, what="training", log=log)
+        os.kill(first.pid, signal.SIGTERM)
+        stopped = time.monotonic()
+        first.wait(timeout=30)
+        assert time.monotonic() - stopped < 15, "the worker took too long to stop"
+    finally:
+        _stop(first)
+    row = _row(settings, job_id)
     assert (row.status, row.attempt, row.worker_id) == ("queued", 0, None), log.read_text()[-3000:]
     preempted_at = row.step
 
-    second = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker", "--queues", "training"],
-        cwd=REPO,
-        env=settings_env(service_settings),
-        stdout=open(log, "ab"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    second = _worker(settings, log)
     try:
         _wait(
-            lambda: _row(service_settings, job_id).status in {"succeeded", "failed"},
+            lambda: _row(settings, job_id).status in {"succeeded", "failed"},
             timeout=180,
             what="the resumed job",
             log=log,
@@ -197,9 +225,9 @@ def test_sigterm_preempts_a_real_worker_and_another_resumes(
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=30)
-    row = _row(service_settings, job_id)
+    row = _row(settings, job_id)
     assert row.status == "succeeded" and row.attempt == 1, row.error_message
-    with session_scope(session_factory(service_settings.resolved_database_url)) as s:
+    with session_scope(session_factory(settings.resolved_database_url)) as s:
         events = list(
             s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))
         )
@@ -212,9 +240,9 @@ def test_sigterm_preempts_a_real_worker_and_another_resumes(
     assert resumed and min(resumed) > preempted_at, (preempted_at, resumed)
 
     reference = _create_job(live_api, keys.user, n_lines=24)
-    runner.run_job(reference, settings=service_settings, worker_id="reference")
-    assert _row(service_settings, reference).status == "succeeded"
-    assert _same_tensors(_adapter(service_settings, job_id), _adapter(service_settings, reference))
+    runner.run_job(reference, settings=settings, worker_id="reference")
+    assert _row(settings, reference).status == "succeeded"
+    assert _same_tensors(_adapter(settings, job_id), _adapter(settings, reference))
 
 
 @pytest.mark.parametrize("backend", ["embedded"])
@@ -226,6 +254,7 @@ def test_resume_uses_the_run_config_recorded_at_the_start(
     factory = session_factory(service_settings.resolved_database_url)
     with session_scope(factory) as s:
         s.execute(update(Model).where(Model.id == "tiny-gpt2").values(policy={"tau": 1.0}))
+    service_settings = _fast(service_settings)
     job_id = _create_job(live_api, keys.user, n_lines=16)
     thread = _in_thread(service_settings, job_id, "first")
     try:
@@ -253,6 +282,7 @@ def test_disk_full_during_a_checkpoint_is_retried_later(
     """Artifacts on a tiny tmpfs filled up: the checkpoint write fails with ENOSPC, the job goes
     back to queued with a retry time (no attempt used, no checkpoint listed without its files);
     once space is back it succeeds."""
+    service_settings = _fast(service_settings)
     mount = service_settings.resolved_artifacts_dir
     mount.mkdir(parents=True, exist_ok=True)
     if any(mount.iterdir()):
