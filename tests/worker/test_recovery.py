@@ -116,9 +116,9 @@ def test_heartbeats_through_a_slow_safety_evaluation(
             "stale_after_s": 1.0,
             "heartbeat_interval_s": 0.2,
             "checkpoint_every": 1000,  # only the final checkpoint is evaluated
-            "safety_eval_harmful": 4,
-            "safety_eval_benign": 4,
-            "safety_eval_max_new_tokens": 48,
+            "safety_eval_harmful": 8,
+            "safety_eval_benign": 8,
+            "safety_eval_max_new_tokens": 200,
         }
     )
     job_id = _create_job(live_api, keys.user, n_lines=10)
