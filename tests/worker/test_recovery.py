@@ -435,3 +435,44 @@ def test_a_pending_alignment_shows_its_progress(
         check=True,
     )
     assert "step 30/120 (25.0%), about 2.0 h left" in listed.stdout + listed.stderr
+
+
+def test_checkpoint_folders_without_rows_are_listed_and_leftovers_pruned(
+    settings: Settings, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A kill between a checkpoint's files and its row (or during its evaluation) loses no
+    checkpoint: the next attempt lists complete folders, removes incomplete ones and
+    interrupted writes, and keeps only the newest ``keep``."""
+    from worker.reporting import JobReporter
+
+    job_id = _queued_job(session_factory, enqueued_at=now())
+    with session_factory.begin() as s:
+        claim = jobs.claim(s, job_id, "w")
+    assert claim is not None
+    root = tmp_path / "store"
+    checkpoints = root / "jobs" / job_id / "checkpoints"
+    for step in (2, 4, 6, 8):
+        folder = checkpoints / f"step-{step:06d}"
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "metrics.json").write_text(f'{{"step": {step}, "train_loss": 1.5}}')
+        (folder / "COMPLETE").write_text(f"{step}\n")
+    (checkpoints / "step-000010" / "adapter").mkdir(parents=True)  # no COMPLETE: half written
+    (checkpoints / ".tmp-step-000010-abc").mkdir()
+    reporter = JobReporter(session_factory, claim, interval_s=0.2)
+    reporter.begin(
+        total_steps=20,
+        checkpoint_name=lambda step: f"ckpt-{step}",
+        store_root=root,
+        keep=3,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=2,
+    )
+    with session_factory.begin() as s:
+        rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
+        listed = sorted((r.step_number, r.train_loss) for r in rows)
+    assert listed == [(4, 1.5), (6, 1.5), (8, 1.5)]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "step-000004",
+        "step-000006",
+        "step-000008",
+    ]
