@@ -18,9 +18,11 @@ from sqlalchemy import select
 
 from core import migrate
 from core.accounts import create_key, get_or_create_tenant
+from core.alignments import alignment_progress
 from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_builtin_ready, is_prepared
 from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
+from core.model_status import ModelStatus, set_model_status
 from core.models import ApiKey, Job, JobEvent, Model
 from core.queue import (
     ALIGNMENT_QUEUE,
@@ -78,14 +80,30 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(session_factory(settings.resolved_database_url)) as session:
-        rows = list(session.query(Model).order_by(Model.seq))
-    table = Table("id", "kind", "base", "method", "status", "path")
-    for row in rows:
+        rows = [(row, alignment_progress(session, row)) for row in session.query(Model)]
+    table = Table("id", "kind", "base", "method", "status", "progress", "path")
+    for row, progress in sorted(rows, key=lambda item: item[0].seq):
         table.add_row(
-            row.id, row.kind, row.base_model or "", row.method or "", row.status, row.path or ""
+            row.id,
+            row.kind,
+            row.base_model or "",
+            row.method or "",
+            row.status,
+            _progress_text(progress),
+            row.path or "",
         )
     Console().print(table)
     return 0
+
+
+def _progress_text(progress: dict[str, object] | None) -> str:
+    """A pending alignment's ``step 120/1000 (12.0%), about 2.1 h left``."""
+    if progress is None:
+        return ""
+    text = f"step {progress['step']}/{progress['total_steps'] or '?'} ({progress['percent']}%)"
+    if progress.get("eta"):
+        text += f", about {progress['eta']} left"
+    return text if progress["job_status"] == "running" else f"{progress['job_status']}; {text}"
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
@@ -116,7 +134,8 @@ def cmd_models_register(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            row.path, row.source, row.status = str(path), "local", "ready"
+            row.path, row.source = str(path), "local"
+            set_model_status(row, ModelStatus.READY)
     console.print(f"Registered model {args.name!r} at {path}.")
     return 0
 

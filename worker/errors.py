@@ -16,6 +16,7 @@ what a tenant reads.
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 from sqlalchemy.exc import OperationalError
@@ -29,7 +30,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 # OS errors that say the machine, not the job, is at fault: retried later with backoff.
 ENVIRONMENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE}
 )
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+~-]+){2,}/?")
@@ -111,12 +112,16 @@ def classify(err: BaseException) -> WorkerError:
         return err
     if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
         return EnvironmentFault(f"{type(err).__name__}: {err.strerror or err}")
-    if type(err).__name__ == "SafetensorError" and "I/O error" in str(err):
-        # safetensors reports a failed write (a full disk, found by tests/faults disk_full) as
-        # its own exception type, not an OSError: still the machine's fault, not the job's.
+    if _names_environment_errno(str(err)):  # e.g. safetensors' Rust writer: a plain Exception
         return EnvironmentFault(f"{type(err).__name__}: {err}")
     if isinstance(err, MemoryError):
         return JobFailed("out_of_memory", "The job ran out of memory; try a smaller batch_size.")
     if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
         return JobFailed("out_of_memory", "The GPU ran out of memory; try a smaller batch_size.")
     return JobFailed("training_error", f"Training failed: {type(err).__name__}: {err}")
+
+
+def _names_environment_errno(text: str) -> bool:
+    return any(
+        f"(os error {code})" in text or os.strerror(code) in text for code in ENVIRONMENT_ERRNOS
+    )

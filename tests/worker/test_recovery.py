@@ -34,6 +34,19 @@ from worker.errors import tenant_message
 pytestmark = pytest.mark.timeout(300)
 
 
+def _fast(settings: Settings) -> Settings:
+    """Only the final checkpoint is scored, on two prompts each way: these tests are about
+    recovery, not scores."""
+    return settings.model_copy(
+        update={
+            "checkpoint_every": 1000,
+            "safety_eval_harmful": 2,
+            "safety_eval_benign": 2,
+            "safety_eval_max_new_tokens": 4,
+        }
+    )
+
+
 def _client(base_url: str, key: str) -> OpenAI:
     return OpenAI(base_url=base_url, api_key=key, max_retries=0)
 
@@ -103,9 +116,9 @@ def test_heartbeats_through_a_slow_safety_evaluation(
             "stale_after_s": 1.0,
             "heartbeat_interval_s": 0.2,
             "checkpoint_every": 1000,  # only the final checkpoint is evaluated
-            "safety_eval_harmful": 4,
-            "safety_eval_benign": 4,
-            "safety_eval_max_new_tokens": 48,
+            "safety_eval_harmful": 8,
+            "safety_eval_benign": 8,
+            "safety_eval_max_new_tokens": 200,
         }
     )
     job_id = _create_job(live_api, keys.user, n_lines=10)
@@ -134,6 +147,7 @@ def test_a_lost_claim_stops_every_write(
 ) -> None:
     """The sweeper hands the job to another attempt mid-training: the first worker stops within
     a step and writes no event, checkpoint row or job column after that."""
+    service_settings = _fast(service_settings).model_copy(update={"checkpoint_every": 2})
     job_id = _create_job(live_api, keys.user, n_lines=40)
     factory = session_factory(service_settings.resolved_database_url)
     thread = _in_thread(service_settings, job_id, "old-worker")
@@ -158,38 +172,52 @@ def test_a_lost_claim_stops_every_write(
         assert s.scalar(select(func.count()).where(Checkpoint.job_id == job_id)) == checkpoints
 
 
+def _worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "--queues", "training"],
+            cwd=REPO,
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("backend", ["production"])
 def test_sigterm_preempts_a_real_worker_and_another_resumes(
-    live_api: str,
-    worker_process: subprocess.Popen[bytes],
-    keys: Keys,
-    service_settings: Settings,
+    live_api: str, keys: Keys, service_settings: Settings
 ) -> None:
     """SIGTERM to a training worker mid-job: checkpoint at the next step, the job back to queued
     with its attempt given back, the process gone within one step + 10 s; a second worker
     resumes it to the same adapter as an uninterrupted run, no step trained twice."""
+    settings = _fast(service_settings)
+    log = settings.resolved_home / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     job_id = _create_job(live_api, keys.user, n_lines=24)
-    log = service_settings.resolved_home / "worker.log"
-    _wait(lambda: _row(service_settings, job_id).step >= 2, timeout=180, what="training", log=log)
-    os.kill(worker_process.pid, signal.SIGTERM)
-    stopped = time.monotonic()
-    worker_process.wait(timeout=30)
-    assert time.monotonic() - stopped < 15, "the worker took too long to stop"
-    row = _row(service_settings, job_id)
+    first = _worker(settings, log)
+    try:
+        _wait(lambda: _row(settings, job_id).step >= 2, timeout=180, what="training", log=log)
+        os.kill(first.pid, signal.SIGTERM)
+        stopped = time.monotonic()
+        first.wait(timeout=30)
+        assert time.monotonic() - stopped < 15, "the worker took too long to stop"
+    finally:
+        _stop(first)
+    row = _row(settings, job_id)
     assert (row.status, row.attempt, row.worker_id) == ("queued", 0, None), log.read_text()[-3000:]
     preempted_at = row.step
 
-    second = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker", "--queues", "training"],
-        cwd=REPO,
-        env=settings_env(service_settings),
-        stdout=open(log, "ab"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    second = _worker(settings, log)
     try:
         _wait(
-            lambda: _row(service_settings, job_id).status in {"succeeded", "failed"},
+            lambda: _row(settings, job_id).status in {"succeeded", "failed"},
             timeout=180,
             what="the resumed job",
             log=log,
@@ -197,9 +225,9 @@ def test_sigterm_preempts_a_real_worker_and_another_resumes(
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=30)
-    row = _row(service_settings, job_id)
+    row = _row(settings, job_id)
     assert row.status == "succeeded" and row.attempt == 1, row.error_message
-    with session_scope(session_factory(service_settings.resolved_database_url)) as s:
+    with session_scope(session_factory(settings.resolved_database_url)) as s:
         events = list(
             s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq))
         )
@@ -212,9 +240,9 @@ def test_sigterm_preempts_a_real_worker_and_another_resumes(
     assert resumed and min(resumed) > preempted_at, (preempted_at, resumed)
 
     reference = _create_job(live_api, keys.user, n_lines=24)
-    runner.run_job(reference, settings=service_settings, worker_id="reference")
-    assert _row(service_settings, reference).status == "succeeded"
-    assert _same_tensors(_adapter(service_settings, job_id), _adapter(service_settings, reference))
+    runner.run_job(reference, settings=settings, worker_id="reference")
+    assert _row(settings, reference).status == "succeeded"
+    assert _same_tensors(_adapter(settings, job_id), _adapter(settings, reference))
 
 
 @pytest.mark.parametrize("backend", ["embedded"])
@@ -226,7 +254,8 @@ def test_resume_uses_the_run_config_recorded_at_the_start(
     factory = session_factory(service_settings.resolved_database_url)
     with session_scope(factory) as s:
         s.execute(update(Model).where(Model.id == "tiny-gpt2").values(policy={"tau": 1.0}))
-    job_id = _create_job(live_api, keys.user, n_lines=30)
+    service_settings = _fast(service_settings)
+    job_id = _create_job(live_api, keys.user, n_lines=16)
     thread = _in_thread(service_settings, job_id, "first")
     try:
         _wait(lambda: _row(service_settings, job_id).step >= 2, timeout=120, what="training")
@@ -253,23 +282,25 @@ def test_disk_full_during_a_checkpoint_is_retried_later(
     """Artifacts on a tiny tmpfs filled up: the checkpoint write fails with ENOSPC, the job goes
     back to queued with a retry time (no attempt used, no checkpoint listed without its files);
     once space is back it succeeds."""
+    service_settings = _fast(service_settings)
     mount = service_settings.resolved_artifacts_dir
     mount.mkdir(parents=True, exist_ok=True)
     if any(mount.iterdir()):
         pytest.skip("artifacts directory already in use")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)])
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)])
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         job_id = _create_job(live_api, keys.user, n_lines=10)
         filler = mount / "filler"
-        with open(filler, "wb") as out:
-            try:
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
-            except OSError:
-                pass
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
         runner.run_job(job_id, settings=service_settings, worker_id="full-disk")
         row = _row(service_settings, job_id)
         assert (row.status, row.attempt, row.env_retries) == ("queued", 0, 1)
@@ -357,3 +388,91 @@ def test_tenant_messages_hide_server_paths() -> None:
     assert tenant_message("No file /home/x/adapter_config.json") == (
         "No file <path>/adapter_config.json"
     )
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_a_pending_alignment_shows_its_progress(
+    live_api: str, keys: Keys, service_settings: Settings
+) -> None:
+    """``ftaas models list`` and GET /admin/models/{id} show step, percent and time left."""
+    import httpx
+
+    from core.alignments import create_alignment_job
+
+    factory = session_factory(service_settings.resolved_database_url)
+    with session_scope(factory) as s:
+        tenant = get_or_create_tenant(s, "admin")
+        job = create_alignment_job(
+            s,
+            base="tiny-gpt2",
+            method="antibody",
+            hyperparameters={},
+            tenant_id=tenant.id,
+            settings=service_settings,
+        )
+        job.status, job.step, job.total_steps = "running", 30, 120
+        jobs.add_event(
+            s,
+            job,
+            "Step 30/120",
+            type="metrics",
+            data={"step": 30, "total_steps": 120, "estimated_finish": now() + 7200},
+        )
+    reply = httpx.get(
+        f"{live_api.removesuffix('/v1')}/admin/models/tiny-gpt2-antibody",
+        headers={"Authorization": f"Bearer {keys.admin}"},
+    )
+    assert reply.status_code == 200, reply.text
+    progress = reply.json()["alignment"]
+    assert (progress["step"], progress["total_steps"], progress["percent"]) == (30, 120, 25.0)
+    assert 7100 <= progress["eta_s"] <= 7200 and progress["eta"] == "2.0 h"
+    listed = subprocess.run(
+        [sys.executable, "-m", "cli.main", "models", "list"],
+        cwd=REPO,
+        env={**settings_env(service_settings), "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "step 30/120 (25.0%), about 2.0 h left" in listed.stdout + listed.stderr
+
+
+def test_checkpoint_folders_without_rows_are_listed_and_leftovers_pruned(
+    settings: Settings, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A kill between a checkpoint's files and its row (or during its evaluation) loses no
+    checkpoint: the next attempt lists complete folders, removes incomplete ones and
+    interrupted writes, and keeps only the newest ``keep``."""
+    from worker.reporting import JobReporter
+
+    job_id = _queued_job(session_factory, enqueued_at=now())
+    with session_factory.begin() as s:
+        claim = jobs.claim(s, job_id, "w")
+    assert claim is not None
+    root = tmp_path / "store"
+    checkpoints = root / "jobs" / job_id / "checkpoints"
+    for step in (2, 4, 6, 8):
+        folder = checkpoints / f"step-{step:06d}"
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "metrics.json").write_text(f'{{"step": {step}, "train_loss": 1.5}}')
+        (folder / "COMPLETE").write_text(f"{step}\n")
+    (checkpoints / "step-000010" / "adapter").mkdir(parents=True)  # no COMPLETE: half written
+    (checkpoints / ".tmp-step-000010-abc").mkdir()
+    reporter = JobReporter(session_factory, claim, interval_s=0.2)
+    reporter.begin(
+        total_steps=20,
+        checkpoint_name=lambda step: f"ckpt-{step}",
+        store_root=root,
+        keep=3,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=2,
+    )
+    with session_factory.begin() as s:
+        rows = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
+        listed = sorted((r.step_number, r.train_loss) for r in rows)
+    assert listed == [(4, 1.5), (6, 1.5), (8, 1.5)]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "step-000004",
+        "step-000006",
+        "step-000008",
+    ]
