@@ -71,7 +71,7 @@ class RedisServer:
         self.start()
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
@@ -107,17 +107,17 @@ class PostgresCluster:
         )
 
     def init(self) -> PostgresCluster:
-        self._run(_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N")
+        self._run(pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N")
         return self
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         log = str(self.root / "postgres.log")
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
         _wait_port(self.port, up=True)
 
     def stop(self, mode: str = "fast") -> None:
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
         _wait_port(self.port, up=False)
 
     def restart(self, down_s: float = 0.0) -> None:

@@ -18,11 +18,21 @@ import httpx
 import pytest
 
 from bench.fault_harness import Harness
+from bench.services import pg_bin
+
+
+def _has_postgres() -> bool:
+    try:
+        pg_bin("initdb")
+    except FileNotFoundError:
+        return False
+    return True
+
 
 pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.skipif(
-        shutil.which("redis-server") is None or os.geteuid() != 0,
+        shutil.which("redis-server") is None or not _has_postgres() or os.geteuid() != 0,
         reason="needs redis-server, PostgreSQL server binaries and root (tmpfs, runuser)",
     ),
 ]
