@@ -42,12 +42,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.jobs import JobStatus
 from core.models import File, Job, JobEvent, now
-from core.queue import ALIGNMENT_QUEUE, SCREENING_QUEUE, TRAINING_QUEUE
+from core.queue import ALIGNMENT_QUEUE, SCREENING_QUEUE, TRAINING_QUEUE, job_queue
 
 log = logging.getLogger(__name__)
 
-# Which queue a queued job waits in, by its kind (core/queue.py routes them the same way).
-QUEUE_OF_KIND = {"fine_tune": TRAINING_QUEUE, "alignment": ALIGNMENT_QUEUE}
+JOB_KINDS = ("fine_tune", "alignment")
 # Job durations: seconds (tiny jobs take a minute; CPU alignments hours).
 JOB_DURATION_BUCKETS = (30, 60, 120, 300, 600, 1800, 3600, 2 * 3600, 4 * 3600, 12 * 3600, 86400)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -104,7 +103,7 @@ class DatabaseCollector:
             .where(Job.status == JobStatus.QUEUED)
             .group_by(Job.kind)
         ):
-            queue = QUEUE_OF_KIND.get(kind, TRAINING_QUEUE)
+            queue = job_queue(kind)  # where the job's message waits
             waiting[queue] = (waiting[queue][0] + count, _min(waiting[queue][1], first))
         files, first_file = session.execute(
             select(func.count(), func.min(File.created_at)).where(
@@ -179,7 +178,7 @@ class DatabaseCollector:
             rate = (data or {}).get("tokens_per_second")
             if isinstance(rate, (int, float)):
                 totals[kind] = totals.get(kind, 0.0) + float(rate)
-        for kind in QUEUE_OF_KIND:
+        for kind in JOB_KINDS:
             family.add_metric([kind], totals.get(kind, 0.0))
         return family
 
