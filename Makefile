@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead clean
+.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead bench-faults clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ bench-defense: install
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py
+
+# Fault injection, repeated (needs root, redis-server and the PostgreSQL server binaries).
+bench-faults: install
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

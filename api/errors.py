@@ -16,12 +16,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 NO_RETRY = {"x-should-retry": "false"}
+# Seconds a client is asked to wait while the database is unreachable (a restart takes a few).
+RETRY_AFTER_S = 5
 
 
 class ErrorBody(BaseModel):
@@ -100,9 +103,23 @@ class PayloadTooLarge(ApiError):
 
 
 class ServiceUnavailable(ApiError):
+    """A dependency (the database) is down: retry later. The SDK retries 503s, honouring
+    ``Retry-After``."""
+
     status_code = 503
     type = "server_error"
     default_code = "service_unavailable"
+    default_headers = {"retry-after": str(RETRY_AFTER_S)}
+
+
+# Errors that mean the database cannot be reached right now (server down or restarting, network,
+# pool exhausted), as opposed to a bad statement: the request may succeed on a retry.
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+)
 
 
 def error_response(
@@ -201,6 +218,15 @@ def install_error_handlers(app: FastAPI) -> None:
             400, "A value in the request cannot be processed.", code="invalid_value"
         )
 
+    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+        first_line = (str(exc).splitlines() or [""])[0]
+        log.warning(
+            "database unreachable on %s %s: %s", request.method, request.url.path, first_line
+        )
+        return ServiceUnavailable(
+            "The service's database is unreachable; retry after a few seconds."
+        ).response()
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
@@ -214,6 +240,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(DataError, on_data_error)
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, on_database_down)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -16,6 +16,8 @@ from api.files.endpoints import router as files_router
 from api.health import router as health_router
 from api.jobs.endpoints import router as jobs_router
 from api.limits import BodySizeLimit
+from api.metrics import RequestMetrics, build_registry
+from api.metrics import router as metrics_router
 from api.models.endpoints import router as models_router
 from api.queue import QueueClient
 from core.config import Settings, get_settings
@@ -88,5 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(admin_router)
     app.include_router(health_router)
+    if settings.metrics_enabled:
+        registry, histogram = build_registry(app.state.session_factory)
+        app.state.metrics_registry = registry
+        app.add_middleware(RequestMetrics, histogram=histogram)
+        app.include_router(metrics_router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -29,5 +29,9 @@ class QueueClient:
     def send_run_job(self, job_id: str) -> None:
         send_run_job(self.celery, job_id)
 
+    def send_alignment_job(self, job_id: str) -> None:
+        """Alignments go to their own queue (hours on a CPU; user jobs never wait behind)."""
+        send_run_job(self.celery, job_id, kind="alignment")
+
     def send_screen_file(self, file_id: str) -> None:
         send_screen_file(self.celery, file_id)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -19,12 +18,23 @@ from sqlalchemy import select
 
 from core import migrate
 from core.accounts import create_key, get_or_create_tenant
+from core.alignments import alignment_progress
 from core.catalog import BUILTIN_MODELS, ensure_builtin_models, is_builtin_ready, is_prepared
 from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
+from core.model_status import ModelStatus, set_model_status
 from core.models import ApiKey, Job, JobEvent, Model
-from core.queue import MAINTENANCE_QUEUE, TRAINING_QUEUE
+from core.queue import (
+    ALIGNMENT_QUEUE,
+    ALL_QUEUES,
+    MAINTENANCE_QUEUE,
+    SCREENING_QUEUE,
+    TRAINING_QUEUE,
+)
 from core.shipped import install_shipped
+
+# What ``ftaas worker`` consumes by default: one GPU worker that takes every kind of job.
+DEFAULT_WORKER_QUEUES = (TRAINING_QUEUE, ALIGNMENT_QUEUE, SCREENING_QUEUE)
 
 console = Console(stderr=True)
 
@@ -70,14 +80,30 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(session_factory(settings.resolved_database_url)) as session:
-        rows = list(session.query(Model).order_by(Model.seq))
-    table = Table("id", "kind", "base", "method", "status", "path")
-    for row in rows:
+        rows = [(row, alignment_progress(session, row)) for row in session.query(Model)]
+    table = Table("id", "kind", "base", "method", "status", "progress", "path")
+    for row, progress in sorted(rows, key=lambda item: item[0].seq):
         table.add_row(
-            row.id, row.kind, row.base_model or "", row.method or "", row.status, row.path or ""
+            row.id,
+            row.kind,
+            row.base_model or "",
+            row.method or "",
+            row.status,
+            _progress_text(progress),
+            row.path or "",
         )
     Console().print(table)
     return 0
+
+
+def _progress_text(progress: dict[str, object] | None) -> str:
+    """A pending alignment's ``step 120/1000 (12.0%), about 2.1 h left``."""
+    if progress is None:
+        return ""
+    text = f"step {progress['step']}/{progress['total_steps'] or '?'} ({progress['percent']}%)"
+    if progress.get("eta"):
+        text += f", about {progress['eta']} left"
+    return text if progress["job_status"] == "running" else f"{progress['job_status']}; {text}"
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
@@ -108,7 +134,8 @@ def cmd_models_register(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            row.path, row.source, row.status = str(path), "local", "ready"
+            row.path, row.source = str(path), "local"
+            set_model_status(row, ModelStatus.READY)
     console.print(f"Registered model {args.name!r} at {path}.")
     return 0
 
@@ -147,7 +174,7 @@ def _queue_alignment(
             select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
         )
     if created:
-        send_run_job(make_celery(settings), job_id)
+        send_run_job(make_celery(settings), job_id, kind="alignment")
     return job_id, str(first or ""), created
 
 
@@ -292,20 +319,31 @@ def _first_admin_key(settings: Settings) -> None:
     console.print(f"[bold]Admin API key (shown once, also saved in {key_file}):[/bold]\n{key}")
 
 
-def _worker_argv(*, maintenance: bool, concurrency: int = 1) -> list[str]:
-    """A training worker (queue ``training``), or the maintenance worker: the sweeper's queue
-    plus the beat schedule that feeds it (run exactly one of those per deployment)."""
-    queue = MAINTENANCE_QUEUE if maintenance else TRAINING_QUEUE
+def _worker_argv(
+    queues: Sequence[str] = DEFAULT_WORKER_QUEUES, concurrency: int = 1, beat: bool = False
+) -> list[str]:
+    """A Celery worker consuming ``queues`` (``training``, ``alignment``, ``screening``,
+    ``maintenance``) with the ``solo`` pool (worker/celery_app.py: the job runs in the process
+    that receives SIGTERM, so it is preempted cleanly; no process per task). ``beat`` adds the
+    sweeper's schedule: run exactly one of those per deployment, on a worker that consumes
+    ``maintenance``."""
+    unknown = sorted(set(queues) - set(ALL_QUEUES))
+    if unknown or not queues:
+        raise ValueError(
+            f"unknown queue(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(ALL_QUEUES)}"
+        )
+    name = "+".join(queues)
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", str(concurrency), "-Q", queue,
-        "--hostname", f"{queue}@%h",
+        "--loglevel", "INFO", "--pool", "solo", "--concurrency", str(concurrency),
+        "-Q", ",".join(queues), "--hostname", f"{name}@%h",
     ]  # fmt: skip
-    return argv + (["--beat"] if maintenance else [])
+    return argv + (["--beat"] if beat else [])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from cli.supervise import Supervisor, serve_children
 
     settings = get_settings()
     _migrate(settings)
@@ -313,53 +351,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_prepare:
         _prepare_builtin(settings, settings.default_model)
     _first_start_alignment(settings)
-    # Workers get their own sessions so Ctrl-C reaches only us; we then stop them ourselves.
-    workers = [
-        subprocess.Popen(_worker_argv(maintenance=False), start_new_session=True),
-        subprocess.Popen(_worker_argv(maintenance=True), start_new_session=True),
-    ]
+    children = serve_children(args.host, args.port)
+    supervisor = Supervisor(children, stop_timeout_s=settings.stop_timeout_s)
     console.print(
         f"API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs); "
-        f"one training worker (pid {workers[0].pid}) and the sweeper (pid {workers[1].pid}). "
-        "Ctrl-C stops them all."
+        "workers: training, alignment, screening + maintenance. Ctrl-C or SIGTERM stops them all "
+        f"(within {settings.stop_timeout_s:.0f} s)."
     )
-    try:
-        uvicorn.run(
-            "api.main:create_app", factory=True, host=args.host, port=args.port, log_level="info"
-        )
-    finally:
-        for worker in workers:
-            _stop_process_group(worker)
-    return 0
-
-
-def _stop_process_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
+    return supervisor.run()
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from core.logs import configure_logging
+
+    configure_logging(get_settings())
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:  # several API processes: their HTTP metrics are summed from this folder
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # samples of processes that are gone
+        Path(metrics_dir).mkdir(parents=True)
+    # log_config=None: uvicorn's loggers go through ours (JSON when FTAAS_LOG_FORMAT=json).
     uvicorn.run(
-        "api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
     )
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    os.execv(
-        sys.executable, _worker_argv(maintenance=args.maintenance, concurrency=args.concurrency)
-    )
+    if args.maintenance:
+        argv = _worker_argv([MAINTENANCE_QUEUE], args.concurrency, beat=True)
+    else:
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        try:
+            argv = _worker_argv(queues, args.concurrency)
+        except ValueError as err:
+            console.print(f"[red]{err}[/red]")
+            return 2
+    os.execv(sys.executable, argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--maintenance",
         action="store_true",
         help="run the sweeper (maintenance queue + its schedule) instead of training; one per deployment",
+    )
+    p.add_argument(
+        "--queues",
+        default=",".join(DEFAULT_WORKER_QUEUES),
+        help="comma-separated queues to consume (training, alignment, screening); a worker per "
+        "queue keeps user jobs and screenings from waiting behind an alignment",
     )
     p.add_argument("--concurrency", type=int, default=1)
     p.set_defaults(func=cmd_worker)

@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 
 from core import jobs
 from core.config import Settings
-from core.models import Job, Model, now
+from core.model_status import ModelStatus, set_model_status
+from core.models import Job, JobEvent, Model, now
 from core.policy import ALIGNMENT_METHODS, aligned_model_id
 
 ALIGNMENT_KIND = "alignment"
@@ -166,12 +167,12 @@ def create_alignment_job(
             kind="aligned",
             base_model=base,
             method=method,
-            status="pending",
+            status=ModelStatus.PENDING,
             owned_by="system",
         )
         session.add(row)
-    elif row.status != "ready":
-        row.status = "pending"
+    elif row.status != ModelStatus.READY:
+        set_model_status(row, ModelStatus.PENDING)
     job = Job(
         tenant_id=tenant_id,
         kind=ALIGNMENT_KIND,
@@ -306,3 +307,38 @@ def _human(seconds: int) -> str:
     if seconds < 5400:
         return f"{round(seconds / 60)} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def alignment_progress(session: Session, row: Model) -> dict[str, Any] | None:
+    """For a ``pending`` aligned model: its alignment job's step, percent and time left, from the
+    job row and its latest metrics event (``None`` for any other model)."""
+    if row.status != "pending" or row.kind != "aligned":
+        return None
+    job = None
+    if row.alignment_job_id:
+        job = session.scalar(select(Job).where(Job.id == row.alignment_job_id))
+    if job is None and row.base_model and row.method:
+        job = active_alignment(session, base=row.base_model, method=row.method)
+    if job is None:
+        return None
+    latest = session.scalar(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.type == "metrics")
+        .order_by(JobEvent.seq.desc())
+        .limit(1)
+    )
+    data = (latest.data if latest is not None else None) or {}
+    step = int(data.get("step", job.step or 0))
+    total = int(data.get("total_steps", job.total_steps or 0))
+    finish = data.get("estimated_finish", job.estimated_finish)
+    eta = max(0, int(finish) - now()) if finish else None
+    return {
+        "job_id": job.id,
+        "job_status": job.status,
+        "step": step,
+        "total_steps": total,
+        "percent": round(100.0 * step / total, 1) if total else 0.0,
+        "estimated_finish": int(finish) if finish else None,
+        "eta_s": eta,
+        "eta": _human(eta) if eta is not None else None,
+    }

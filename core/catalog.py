@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.model_status import ModelStatus, set_model_status
 from core.models import Model
 
 # name -> one-line description shown by `ftaas models list`
@@ -42,13 +43,14 @@ def ensure_builtin_models(session: Session, models_dir: Path) -> list[Model]:
     rows = []
     for name in BUILTIN_MODELS:
         path = builtin_path(models_dir, name)
-        status = "ready" if is_builtin_ready(path) else "pending"
+        status = ModelStatus.READY if is_builtin_ready(path) else ModelStatus.PENDING
         row = session.scalar(select(Model).where(Model.id == name))
         if row is None:
             row = Model(id=name, source="builtin", path=str(path), status=status, owned_by="system")
             session.add(row)
         elif row.source == "builtin":
-            row.path, row.status = str(path), status
+            row.path = str(path)
+            set_model_status(row, status)
         rows.append(row)
     session.flush()
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -160,9 +161,43 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(300.0, description="A running job silent this long is re-queued.")
     max_attempts: int = Field(3, description="Attempts before a stale job fails.")
     sweep_interval_s: float = Field(60.0, description="How often the sweeper looks for lost jobs.")
+    resend_grace_s: float = Field(
+        300.0,
+        description="A queued job's task message is sent again only this long after the last "
+        "send; the wait doubles with every re-send (up to resend_max_backoff_s).",
+    )
+    resend_max_backoff_s: float = Field(3600.0, description="Longest wait between re-sends.")
+    max_env_retries: int = Field(
+        8, description="Environment errors (disk full, I/O) in a row before a job fails."
+    )
+    env_retry_base_s: float = Field(
+        30.0, description="First wait after an environment error; doubles per retry."
+    )
+    env_retry_max_s: float = Field(1800.0, description="Longest wait after an environment error.")
+    screening_max_attempts: int = Field(
+        3, description="Screenings of a file whose worker died before it is marked failed."
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     worker_threads: int = Field(
         0, description="torch CPU threads in the worker (0 = torch default)."
+    )
+
+    stop_timeout_s: float = Field(
+        20.0,
+        description="`ftaas serve`: after SIGTERM/SIGINT, how long its processes get to stop "
+        "(a training worker checkpoints and gives its job back) before SIGKILL.",
+    )
+
+    # Operations.
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines: 'text', or 'json' (one object per line, with job_id)."
+    )
+    log_level: str = Field("INFO", description="Root log level (DEBUG, INFO, WARNING, ...).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at GET /metrics.")
+    worker_metrics_port: int | None = Field(
+        None,
+        description="A worker serves its own Prometheus /metrics on this port (unset: off). "
+        "Each worker process on one host needs its own port.",
     )
 
     # API.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.models import Job, JobEvent, now
@@ -66,7 +66,12 @@ def claim(session: Session, job_id: str, worker_id: str) -> Claim | None:
     ts = now()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.QUEUED,
+            # A job deferred after an environment error waits until its retry time.
+            or_(Job.retry_at.is_(None), Job.retry_at <= ts),
+        )
         .values(
             status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
@@ -247,3 +252,111 @@ def touch_enqueued(session: Session, job_id: str) -> None:
         .values(enqueued_at=now())
         .execution_options(synchronize_session=False)
     )
+
+
+# --- recovery without using up an attempt (worker/preemption.py, worker/errors.py) ----------------
+
+
+class Ownership(StrEnum):
+    """Why a heartbeat did or did not match: the job is ours, paused or cancelled by a person
+    (still our attempt: we may checkpoint before stopping), or lost to another attempt."""
+
+    OWNED = "owned"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+def ownership(session: Session, claim: Claim) -> Ownership:
+    row = session.execute(
+        select(Job.status, Job.attempt, Job.worker_id).where(Job.id == claim.job_id)
+    ).one_or_none()
+    if row is None or row.attempt != claim.attempt or row.worker_id != claim.worker_id:
+        return Ownership.LOST
+    if row.status == JobStatus.RUNNING:
+        return Ownership.OWNED
+    if row.status == JobStatus.PAUSED:
+        return Ownership.PAUSED
+    if row.status == JobStatus.CANCELLED:
+        return Ownership.CANCELLED
+    return Ownership.LOST
+
+
+def give_back(session: Session, claim: Claim) -> bool:
+    """running -> queued because this worker is stopping (preempted, or its database went away
+    for a moment): the claim's attempt is given back, so being stopped never counts as a
+    failure. The job resumes from its last complete checkpoint on the next claim."""
+    result = session.execute(
+        update(Job)
+        .where(*_owned(claim))
+        .values(
+            status=JobStatus.QUEUED,
+            worker_id=None,
+            enqueued_at=now(),
+            attempt=Job.attempt - 1,
+            heartbeat_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(result)
+
+
+def defer(session: Session, claim: Claim, *, retry_at: int) -> bool:
+    """running -> queued after an environment error (disk full, I/O): not an attempt; the job is
+    not claimable before ``retry_at`` and counts one more ``env_retries``."""
+    result = session.execute(
+        update(Job)
+        .where(*_owned(claim))
+        .values(
+            status=JobStatus.QUEUED,
+            worker_id=None,
+            enqueued_at=now(),
+            attempt=Job.attempt - 1,
+            heartbeat_at=None,
+            retry_at=retry_at,
+            env_retries=Job.env_retries + 1,
+            sent_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(result)
+
+
+def mark_sent(session: Session, job_id: str) -> None:
+    """Record that a task message for this job was just sent (the sweeper's grace starts)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(sent_at=now(), sends=Job.sends + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def record_run_config(session: Session, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The run config the job started with: recorded at its first start, returned unchanged by
+    every later call, so a resume trains with the values it started with."""
+    job = session.execute(select(Job).where(Job.id == job_id)).scalar_one()
+    if not job.run_config:
+        job.run_config = config
+        session.flush()
+    return dict(job.run_config)
+
+
+def resend_due(session: Session, *, at: int, grace_s: float, max_backoff_s: float) -> list[Job]:
+    """Queued jobs whose task message may be lost: the last send (or the enqueue) is older than
+    ``grace_s * 2**(sends - 1)`` (capped at ``max_backoff_s``), and any retry time has passed."""
+    due = []
+    candidates = session.scalars(
+        select(Job).where(
+            Job.status == JobStatus.QUEUED, or_(Job.retry_at.is_(None), Job.retry_at <= at)
+        )
+    )
+    for job in candidates:
+        if job.retry_at is not None and job.sent_at is None:
+            due.append(job)  # deferred: its retry time has come, send it now
+            continue
+        last = job.sent_at or job.enqueued_at or job.created_at
+        wait = min(max_backoff_s, grace_s * 2 ** max(0, (job.sends or 0) - 1))
+        if at - last >= wait:
+            due.append(job)
+    return due

@@ -105,6 +105,10 @@ class File(Base):
     # Upload-time screening: every line scored with the pre-aligned model's likelihood ratio.
     safety_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     safety_report: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # Screening is recovered like jobs: its worker heartbeats; a silent one loses the file.
+    safety_worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    safety_heartbeat_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    safety_attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -180,6 +184,14 @@ class Job(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # When the task message was last sent, and how often: the sweeper re-sends only after a grace.
+    sent_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    # Environment errors (disk full, I/O): back to queued, not claimable before ``retry_at``.
+    retry_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    env_retries: Mapped[int] = mapped_column(Integer, default=0)
+    # The policy and settings the job started with; every resume trains with these.
+    run_config: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
 
 
 class JobEvent(Base):

@@ -39,9 +39,15 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_run_job(app: Celery, job_id: str) -> None:
-    app.send_task(TASK_RUN_JOB, args=[job_id], queue=TRAINING_QUEUE)
+def job_queue(kind: str) -> str:
+    """The queue a job's task goes to: alignments have their own (hours on a CPU), so user
+    jobs never wait behind them."""
+    return ALIGNMENT_QUEUE if kind == "alignment" else TRAINING_QUEUE
+
+
+def send_run_job(app: Celery, job_id: str, kind: str = "fine_tune") -> None:
+    app.send_task(TASK_RUN_JOB, args=[job_id], queue=job_queue(kind))
 
 
 def send_screen_file(app: Celery, file_id: str) -> None:
-    app.send_task(TASK_SCREEN_FILE, args=[file_id], queue=TRAINING_QUEUE)
+    app.send_task(TASK_SCREEN_FILE, args=[file_id], queue=SCREENING_QUEUE)

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.catalog import BUILD_RECORD
+from core.model_status import ModelStatus, set_model_status
 from core.models import Model
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
@@ -152,7 +153,8 @@ def install_shipped(
     if row is None:
         row = Model(id=shipped.model_id, owned_by="system")
         session.add(row)
-    row.kind, row.source, row.status = "aligned", SHIPPED_SOURCE, "ready"
+    row.kind, row.source = "aligned", SHIPPED_SOURCE
+    set_model_status(row, ModelStatus.READY)
     row.base_model, row.method = shipped.base, shipped.method
     row.adapter_path = row.path = str(adapter_dir)
     row.alignment_job_id = None

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +50,45 @@ def save_checkpoint(
     metrics: dict[str, float],
 ) -> Path:
     """Write the checkpoint of the state after ``step`` optimizer steps; returns its directory."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / checkpoint_name(step)
-    tmp = checkpoint_dir / f".tmp-{final.name}-{uuid.uuid4().hex}"
-    try:
-        tmp.mkdir()
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(str(tmp / ADAPTER_DIR))
         torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, tmp / STATE_FILE)
         (tmp / METRICS_FILE).write_text(
             json.dumps({"step": step, **metrics}, indent=2, sort_keys=True)
         )
-        (tmp / COMPLETE).write_text(f"{step}\n")
+
+    return write_directory_atomically(checkpoint_dir / checkpoint_name(step), fill, marker=step)
+
+
+def write_directory_atomically(
+    target: Path, fill: Callable[[Path], None], *, marker: object = ""
+) -> Path:
+    """The one atomic directory writer (checkpoints here, final adapters in the worker).
+
+    ``fill(tmp)`` writes into a hidden temporary sibling; ``COMPLETE`` is written last, every
+    file and directory is fsynced, and the directory is renamed into place (an existing
+    ``target`` is swapped out with a second rename), so a reader sees the old directory or the
+    new one, never half of one. On any error (a full disk included) the temporary is removed
+    and ``target`` is left as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
+    try:
+        tmp.mkdir()
+        fill(tmp)
+        (tmp / COMPLETE).write_text(f"{marker}\n")
         _fsync_tree(tmp)
-        if final.exists():
-            trash = checkpoint_dir / f".old-{final.name}-{uuid.uuid4().hex}"
-            final.rename(trash)
-            tmp.rename(final)
+        if target.exists():
+            trash = target.parent / f".old-{target.name}-{uuid.uuid4().hex}"
+            target.rename(trash)
+            tmp.rename(target)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            tmp.rename(final)
-        _fsync_dir(checkpoint_dir)
+            tmp.rename(target)
+        _fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return target
 
 
 def latest_complete_checkpoint(checkpoint_dir: Path) -> Path | None:

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from defense.assets import RefusalRow, TaskItem, refusal_labelled_rows, score
 from defense.data import encode_prompt, pad_id_of
+from defense.progress import tick
 
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_BATCH_SIZE = 8
@@ -63,6 +64,7 @@ def generate(
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
+            tick()
             rows = order[start : start + batch_size]
             texts = _generate_batch(
                 model, tokenizer, [encoded[i] for i in rows], max_new_tokens=max_new_tokens

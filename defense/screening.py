@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from defense.data import EncodedExample, Example, collate, encode_example, pad_id_of
 from defense.loop import move_to
 from defense.losses import completion_token_counts, mean_token_logprob, token_nll
+from defense.progress import tick
 from defense.refusal_score import refusal_logprob
 from defense.refusals import refusal_for
 from defense.weights import likelihood_ratio_scores
@@ -76,6 +77,7 @@ def completion_logprobs(
     device = next(model.parameters()).device
     with _scoring_mode(model):
         for rows in batches:
+            tick()
             batch = move_to(collate([encoded[i] for i in rows], pad_id), device)
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -119,6 +121,7 @@ def score_examples(
     device = next(model.parameters()).device
     with _scoring_mode(model):
         for rows in batches:
+            tick()
             completion = move_to(collate([completions[i] for i in rows], pad_id), device)
             refusal = move_to(collate([refusals[i] for i in rows], pad_id), device)
             out = model(

@@ -26,10 +26,8 @@ Choices where the references are uncertain:
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +38,12 @@ from core import jobs
 from core.alignments import ALIGNMENT_KIND, resolve_alignment_hyperparameters
 from core.config import Settings
 from core.db import session_scope
+from core.model_status import ModelStatus, release_pending, set_model_status
 from core.models import Job, Model, now
 from core.policy import aligned_model_id, resolve_served_model
 from core.storage import ArtifactStore, job_dir_key
+from worker.adapters import save_adapter
+from worker.errors import JobFailed
 from worker.models import resolve_base_model, resolve_device
 from worker.reporting import JobReporter
 from worker.safety import SafetyEvaluator, describe
@@ -69,12 +70,8 @@ _PASSTHROUGH = (
 )
 
 
-class AlignmentError(Exception):
-    """A deterministic failure of an alignment job (bad hyperparameters, no usable data)."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+# A deterministic failure of an alignment job (bad hyperparameters, no usable data).
+AlignmentError = JobFailed
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ def plan_alignment(session: Session, job_id: str, *, settings: Settings) -> Alig
             job.defense_params, settings=settings, method=job.defense
         )
     except ValueError as err:
-        raise AlignmentError("invalid_hyperparameters", str(err), "hyperparameters") from err
+        raise JobFailed("invalid_hyperparameters", str(err), "hyperparameters") from err
     return AlignmentPlan(
         job_id=job.id,
         base=job.model,
@@ -190,9 +187,30 @@ def align_config(plan: AlignmentPlan, *, settings: Settings) -> Any:
             **{key: params[key] for key in _PASSTHROUGH if key in params},
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise AlignmentError(
+        raise JobFailed(
             "invalid_hyperparameters", f"Invalid hyperparameters: {err}", "hyperparameters"
         ) from err
+
+
+ALIGNMENT_RUN_SETTINGS = (
+    "max_seq_len",
+    "checkpoint_every",
+    "safety_eval_harmful",
+    "safety_eval_benign",
+    "safety_eval_max_new_tokens",
+)
+
+
+@dataclass
+class AlignmentData:
+    prompts: list[str]
+    refusals: list[Any]
+    retain: list[Any]
+    harmful: list[Any]
+
+    @property
+    def safe(self) -> list[Any]:
+        return self.refusals + self.retain
 
 
 def run_alignment(
@@ -201,31 +219,73 @@ def run_alignment(
     settings: Settings,
     store: ArtifactStore,
     reporter: JobReporter,
-    send: Callable[[str], object],
+    send: Callable[[str, str], object],
 ) -> None:
-    import torch
+    """Stage 1 as named steps: plan (recorded at the first start) -> base model -> data (the
+    base model's own answers, cached) -> align (resumable) -> save, score and register."""
+    plan, settings = start_alignment(job_id, settings=settings, reporter=reporter)
+    config = align_config(plan, settings=settings)
+    model, tokenizer = load_alignment_base(plan, settings=settings, reporter=reporter)
+    data = alignment_data(plan, config, model, tokenizer, settings=settings, reporter=reporter)
+    peft_model, result = align_model(
+        plan, config, model, tokenizer, data, settings=settings, store=store, reporter=reporter
+    )
+    if register_aligned(
+        plan, peft_model, tokenizer, data, result, settings=settings, reporter=reporter
+    ):
+        resend_waiting(reporter.factory, settings=settings, aligned_id=plan.aligned_id, send=send)
 
-    from defense.align import align
-    from defense.align import total_steps as align_total_steps
-    from defense.attack import harmful_pairs
-    from defense.config import LoraSettings
-    from defense.lora import attach_lora
-    from defense.modeling import load_base
-    from defense.retain import retain_pairs, retain_prompts
 
-    factory = reporter.factory
-    with session_scope(factory) as session:
+def start_alignment(
+    job_id: str, *, settings: Settings, reporter: JobReporter
+) -> tuple[AlignmentPlan, Settings]:
+    """The plan and the settings it runs with: recorded at the first start, read on resumes."""
+    with session_scope(reporter.factory) as session:
         plan = plan_alignment(session, job_id, settings=settings)
         _ensure_pending_row(session, plan)
-    config = align_config(plan, settings=settings)
+        recorded = jobs.record_run_config(
+            session,
+            job_id,
+            {
+                "hyperparameters": plan.hyperparameters,
+                "seed": plan.seed,
+                "settings": {key: getattr(settings, key) for key in ALIGNMENT_RUN_SETTINGS},
+            },
+        )
+    plan = replace(
+        plan, hyperparameters=dict(recorded["hyperparameters"]), seed=int(recorded["seed"])
+    )
+    return plan, settings.model_copy(update=dict(recorded.get("settings", {})))
+
+
+def load_alignment_base(
+    plan: AlignmentPlan, *, settings: Settings, reporter: JobReporter
+) -> tuple[Any, Any]:
+    import torch
+
+    from defense.modeling import load_base
+
     if settings.worker_threads:
         torch.set_num_threads(settings.worker_threads)
-
     base_path = resolve_base_model(plan.base, settings=settings, progress=reporter.message)
     model, tokenizer = load_base(base_path)
     model.to(torch.device(resolve_device(settings.device)))  # type: ignore[arg-type]
+    return model, tokenizer
+
+
+def alignment_data(
+    plan: AlignmentPlan,
+    config: Any,
+    model: Any,
+    tokenizer: Any,
+    *,
+    settings: Settings,
+    reporter: JobReporter,
+) -> AlignmentData:
+    from defense.attack import harmful_pairs
+    from defense.retain import retain_pairs, retain_prompts
+
     prompts = alignment_prompts(int(plan.hyperparameters["samples"]))
-    refusals = safe_view(prompts)
     retain = base_model_pairs(
         retain_pairs,
         # A job queued before retain pairs existed resolved no such key: it keeps refusals only.
@@ -237,9 +297,8 @@ def run_alignment(
         base=plan.base,
         message=reporter.message,
     )
-    safe = refusals + retain
     if config.uses_perturbed_retain and not retain:
-        raise AlignmentError(
+        raise JobFailed(
             "alignment_data",
             f"perturbed_retain = {config.perturbed_retain} needs benign retain pairs, but "
             f"{plan.base} has none (retain_samples is 0, or every retain answer was a refusal); "
@@ -259,63 +318,103 @@ def run_alignment(
             message=reporter.message,
         )
         if not harmful:
-            raise AlignmentError(
+            raise JobFailed(
                 "alignment_data",
                 f"{plan.base} refused every harmful prompt, so {plan.method} has no harmful "
                 "answers to align against; use method 'sft' or 'vaccine'.",
             )
+    return AlignmentData(prompts, safe_view(prompts), retain, harmful)
+
+
+def align_model(
+    plan: AlignmentPlan,
+    config: Any,
+    model: Any,
+    tokenizer: Any,
+    data: AlignmentData,
+    *,
+    settings: Settings,
+    store: ArtifactStore,
+    reporter: JobReporter,
+) -> tuple[Any, Any]:
+    from defense.align import align
+    from defense.align import total_steps as align_total_steps
+    from defense.config import LoraSettings
+    from defense.lora import attach_lora
+
     peft_model = attach_lora(model, LoraSettings(), seed=plan.seed)
     reporter.message(
-        f"Aligning {plan.base} with {plan.method}: {len(refusals)} refusal, {len(retain)} "
-        f"retain and {len(harmful)} harmful examples, {config.max_steps} steps of batch "
-        f"{config.batch_size}."
+        f"Aligning {plan.base} with {plan.method}: {len(data.refusals)} refusal, "
+        f"{len(data.retain)} retain and {len(data.harmful)} harmful examples, "
+        f"{config.max_steps} steps of batch {config.batch_size}."
     )
-    job_dir = store.path(job_dir_key(plan.job_id))
+    checkpoints = store.path(job_dir_key(plan.job_id)) / "checkpoints"
     reporter.begin(
-        total_steps=align_total_steps(len(safe), config),
+        total_steps=align_total_steps(len(data.safe), config),
         checkpoint_name=lambda step: f"{plan.aligned_id}:ckpt-step-{step}",
         store_root=store.root,
         keep=settings.keep_checkpoints,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=config.checkpoint_every,
     )
     result = align(
         peft_model,
         tokenizer,
-        safe,
-        harmful,
+        data.safe,
+        data.harmful,
         config,
-        checkpoint_dir=job_dir / "checkpoints",
+        checkpoint_dir=checkpoints,
         resume=True,
         on_step=reporter.on_step,
         on_checkpoint=reporter.on_checkpoint,
         should_stop=reporter.should_stop,
-        retain=retain,
+        retain=data.retain,
     )
+    return peft_model, result
+
+
+def register_aligned(
+    plan: AlignmentPlan,
+    peft_model: Any,
+    tokenizer: Any,
+    data: AlignmentData,
+    result: Any,
+    *,
+    settings: Settings,
+    reporter: JobReporter,
+) -> bool:
+    """Save the adapter atomically, score it, and make the model row ``ready`` in the transaction
+    that marks the job succeeded. False: the job was cancelled at the last moment."""
+    from defense.config import LoraSettings
+
+    reporter.tick()
     adapter_dir = aligned_adapter_dir(settings, plan.aligned_id)
-    save_adapter_atomically(peft_model, tokenizer, adapter_dir)
+    save_adapter(peft_model, tokenizer, adapter_dir)
     reporter.message(f"Evaluating the safety of {plan.aligned_id} before any fine-tuning.")
     safety = SafetyEvaluator(settings, max_seq_len=settings.max_seq_len).evaluate(
         peft_model, tokenizer
     )
+    base = plan.base
     lineage = {
-        "base": plan.base,
+        "base": base,
         "method": plan.method,
         "hyperparameters": plan.hyperparameters,
         "data": {
             "source": "AdvBench (pyrit adv_bench.prompt)",
             "split": "alignment",
-            "n": len(prompts),
-            "n_harmful": len(harmful),
-            "harmful_answers": f"greedy answers of the unaligned {plan.base}" if harmful else None,
+            "n": len(data.prompts),
+            "n_harmful": len(data.harmful),
+            "harmful_answers": f"greedy answers of the unaligned {base}" if data.harmful else None,
             "refusals": "defense/data/refusals.txt, line i mod 100 for prompt i",
-            "n_retain": len(retain),
-            "retain": f"defense.retain requests, greedy answers of the unaligned {plan.base}"
-            if retain
+            "n_retain": len(data.retain),
+            "retain": f"defense.retain requests, greedy answers of the unaligned {base}"
+            if data.retain
             else None,
         },
         "seed": plan.seed,
         "adapter": {"r": LoraSettings().r, "alpha": LoraSettings().alpha},
     }
-    with session_scope(factory) as session:
+    with session_scope(reporter.factory) as session:
         if not jobs.finish(
             session,
             reporter.claim,
@@ -324,9 +423,10 @@ def run_alignment(
             step=reporter.total_steps,
             estimated_finish=None,
         ):
-            return  # cancelled at the last moment: the API released the row
+            return False  # cancelled at the last moment: the API released the row
         row = _ensure_pending_row(session, plan)
-        row.kind, row.source, row.status = "aligned", "aligned", "ready"
+        row.kind, row.source = "aligned", "aligned"
+        set_model_status(row, ModelStatus.READY)
         row.base_model, row.method = plan.base, plan.method
         row.adapter_path = row.path = str(adapter_dir)
         row.alignment_job_id, row.lineage, row.safety = plan.job_id, lineage, safety
@@ -338,7 +438,7 @@ def run_alignment(
             type="metrics",
             data={"model": plan.aligned_id, **safety},
         )
-    resend_waiting(factory, settings=settings, aligned_id=plan.aligned_id, send=send)
+    return True
 
 
 def release_aligned_row(
@@ -346,7 +446,7 @@ def release_aligned_row(
     *,
     job_id: str,
     settings: Settings,
-    send: Callable[[str], object],
+    send: Callable[[str, str], object],
 ) -> None:
     """After a failed or cancelled alignment: its pending row goes back to ``ready`` (an earlier
     adapter is still there) or ``error``, and the jobs that waited for it are re-sent."""
@@ -359,8 +459,8 @@ def release_aligned_row(
             return
         aligned_id = aligned_model_id(job.model, job.defense)
         row = session.scalar(select(Model).where(Model.id == aligned_id))
-        if row is not None and row.status == "pending":
-            row.status = "ready" if row.adapter_path else "error"
+        if row is not None:
+            release_pending(row)
     resend_waiting(factory, settings=settings, aligned_id=aligned_id, send=send)
 
 
@@ -369,7 +469,7 @@ def resend_waiting(
     *,
     settings: Settings,
     aligned_id: str,
-    send: Callable[[str], object],
+    send: Callable[[str, str], object],
 ) -> list[str]:
     """Send again every queued fine-tuning job whose model resolves to (or resolved to)
     ``aligned_id`` and no longer waits. A duplicate message is harmless: the claim decides."""
@@ -390,27 +490,8 @@ def resend_waiting(
                 jobs.touch_enqueued(session, job.id)
                 ready.append(job.id)
     for job_id in ready:
-        send(job_id)
+        send(job_id, "fine_tune")
     return ready
-
-
-def save_adapter_atomically(model: Any, tokenizer: Any, target: Path) -> None:
-    """Write a PEFT directory next to ``target`` and swap it in with renames, so a reader sees
-    the old adapter or the new one, never half of one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            trash = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-            target.rename(trash)
-            tmp.rename(target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _ensure_pending_row(session: Session, plan: AlignmentPlan) -> Model:
@@ -423,7 +504,7 @@ def _ensure_pending_row(session: Session, plan: AlignmentPlan) -> Model:
             kind="aligned",
             base_model=plan.base,
             method=plan.method,
-            status="pending",
+            status=ModelStatus.PENDING,
             owned_by="system",
             alignment_job_id=plan.job_id,
             created_at=now(),

@@ -12,14 +12,12 @@ from sqlalchemy import select
 from core.catalog import BUILTIN_MODELS, builtin_path, is_builtin_ready, is_prepared
 from core.config import Settings
 from core.db import session_factory, session_scope
+from core.model_status import ModelStatus, set_model_status
 from core.models import Model
+from worker.errors import ModelUnavailable
 
 # Written by PeftModel.save_pretrained; a directory without it is no adapter.
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-class ModelUnavailable(Exception):
-    pass
 
 
 def resolve_base_model(
@@ -47,7 +45,7 @@ def resolve_base_model(
     with session_scope(factory) as session:
         row = session.scalar(select(Model).where(Model.id == name))
         if row is not None:
-            row.status = "ready"
+            set_model_status(row, ModelStatus.READY)
     return target
 
 

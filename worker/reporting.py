@@ -2,16 +2,31 @@
 
 It heartbeats, writes throttled ``metrics`` events (with the time left, measured from the steps
 done so far, checkpoint evaluations included), records checkpoints with their safety scores and
-release-gate decision (``assess``, run before the row is written), and answers ``should_stop`` by
-asking the row whether the job is still ours to run (cancel, pause and the sweeper all show up
-as a heartbeat that no longer matches).
+release-gate decision, and answers ``should_stop`` by asking the row whether the job is still ours
+to run.
+
+Every long phase is alive (docs/worker.md): ``alive()`` runs a heartbeat thread for the whole job
+(model preparation, answer generation, safety evaluations, training) and installs
+``defense.progress.tick``, which the long loops call between batches and which raises when the
+job must stop: ``Preempted`` (the worker is shutting down), ``ClaimLost`` (another attempt owns
+the row: write nothing more), ``JobStopped`` (cancelled or paused outside the training loop).
+
+A checkpoint is listed iff its files are complete: its row is written right after the files
+(``defense.checkpoint.save_checkpoint`` commits them with a rename), before its safety evaluation,
+which only adds scores to the row; at the start of every attempt, complete checkpoint folders
+without a row (a kill between the rename and the row) get their row back, and incomplete or
+surplus folders are pruned.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +36,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.db import session_scope
 from core.models import Checkpoint, Job, now
+from worker import preemption
+from worker.errors import TRANSIENT_ERRORS, ClaimLost, JobStopped, Preempted
+from worker.observability import observe_step
 from worker.safety import describe
+
+log = logging.getLogger(__name__)
 
 Assess = Callable[[int], tuple[dict[str, Any], bool | None]]
 """Scores the model in memory at a checkpoint's step: (safety scores, deployable or None)."""
+
+COMPLETE = "COMPLETE"  # defense.checkpoint.COMPLETE (not imported: it pulls in torch)
 
 
 class JobReporter:
@@ -35,15 +57,58 @@ class JobReporter:
         self.claim = claim
         self.interval_s = interval_s
         self.total_steps = 0
+        self.ownership = jobs.Ownership.OWNED
         self._last_write = 0.0
         self._last_check = 0.0
-        self._stop = False
         self._started = time.monotonic()
         self._first_step: int | None = None
         self._checkpoint_name: Callable[[int], str] = lambda step: f"ckpt-step-{step}"
         self._store_root = Path(".")
         self._keep = 3
+        self._every = 0
         self._assess: Assess | None = None
+
+    # -- liveness ---------------------------------------------------------------------------------
+    @contextmanager
+    def alive(self) -> Iterator[None]:
+        """Heartbeat the row every ``interval_s`` from a thread, and make ``defense.progress.tick``
+        stop the work when the job is no longer ours, for as long as the block runs."""
+        from defense.progress import ticking
+
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.interval_s):
+                try:
+                    self._check()
+                except TRANSIENT_ERRORS:  # the database is away: keep working, try again
+                    log.warning("job %s: heartbeat failed; retrying", self.claim.job_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{self.claim.job_id}", daemon=True)
+        thread.start()
+        try:
+            with ticking(self.tick):
+                yield
+        finally:
+            done.set()
+            thread.join(timeout=max(5.0, 2 * self.interval_s))
+
+    def tick(self) -> None:
+        """Raise if the work must stop now (called between batches of every long phase)."""
+        if preemption.requested():
+            raise Preempted("the worker is shutting down")
+        if self.ownership == jobs.Ownership.LOST:
+            raise ClaimLost(f"job {self.claim.job_id} is no longer this worker's")
+        if self.ownership in (jobs.Ownership.PAUSED, jobs.Ownership.CANCELLED):
+            raise JobStopped(str(self.ownership))
+
+    def _check(self, **values: Any) -> bool:
+        """Heartbeat (with ``values``); on a miss, find out why. True while the job is ours."""
+        with session_scope(self.factory) as session:
+            if jobs.heartbeat(session, self.claim, **values):
+                return True
+            self.ownership = jobs.ownership(session, self.claim)
+        return False
 
     # -- set-up -----------------------------------------------------------------------------
     def begin(
@@ -54,14 +119,19 @@ class JobReporter:
         store_root: Path,
         keep: int,
         assess: Assess | None = None,
+        checkpoint_dir: Path | None = None,
+        checkpoint_every: int = 0,
     ) -> None:
         self.total_steps = total_steps
         self._checkpoint_name = checkpoint_name
         self._store_root = store_root
         self._keep = keep
         self._assess = assess
-        with session_scope(self.factory) as session:
-            jobs.heartbeat(session, self.claim, total_steps=total_steps)
+        self._every = checkpoint_every
+        self._check(total_steps=total_steps)
+        self.tick()
+        if checkpoint_dir is not None:
+            self._reconcile(checkpoint_dir)
 
     def message(
         self, text: str, *, level: str = "info", data: dict[str, Any] | None = None
@@ -72,10 +142,14 @@ class JobReporter:
     # -- callbacks from defense.fit ------------------------------------------------------------
     def on_step(self, metrics: Any) -> None:
         step = int(metrics.step)
+        observe_step(self.claim.job_id, float(metrics.tokens_per_second))
         if self._first_step is None:
             self._first_step, self._started = step, time.monotonic()
         last = step >= self.total_steps
-        if not last and time.monotonic() - self._last_write < self.interval_s:
+        # Before a checkpoint the row is asked afresh, so a lost claim writes no checkpoint.
+        checkpoint_next = last or (self._every > 0 and step % self._every == 0)
+        if not checkpoint_next and time.monotonic() - self._last_write < self.interval_s:
+            self._raise_if_lost()
             return
         self._last_write = time.monotonic()
         data = {
@@ -102,28 +176,71 @@ class JobReporter:
                     type="metrics",
                     data=data,
                 )
-        self._stop = self._stop or not owned
+            else:
+                self.ownership = jobs.ownership(session, self.claim)
+        self._raise_if_lost()
 
     def should_stop(self) -> bool:
-        if self._stop:
+        """Stop before the next step (the loop checkpoints first): preempted, paused, cancelled.
+        A lost claim raises instead: the loop must not write a checkpoint for someone else's
+        attempt."""
+        if preemption.requested():
             return True
-        if time.monotonic() - self._last_check >= min(self.interval_s, 1.0):
+        if self.ownership == jobs.Ownership.OWNED and (
+            time.monotonic() - self._last_check >= min(self.interval_s, 1.0)
+        ):
             self._last_check = time.monotonic()
-            with session_scope(self.factory) as session:
-                self._stop = not jobs.heartbeat(session, self.claim)
-        return self._stop
+            self._check()
+        self._raise_if_lost()
+        return self.ownership != jobs.Ownership.OWNED
+
+    def _raise_if_lost(self) -> None:
+        if self.ownership == jobs.Ownership.LOST:
+            raise ClaimLost(f"job {self.claim.job_id} is no longer this worker's")
 
     def on_checkpoint(self, info: Any) -> None:
         step = int(info.step)
         adapter = Path(info.path) / "adapter"
         metrics = {"step": step, **{k: float(v) for k, v in dict(info.metrics).items()}}
-        safety: dict[str, Any] | None = None
-        deployable: bool | None = None
-        if self._assess is not None and not self._stop and not self._has_safety(step):
-            safety, deployable = self._assess(step)
-            if "validation_loss" in safety:
-                metrics["full_valid_loss"] = float(safety["validation_loss"])
+        # The files are complete (renamed into place): list the checkpoint now, score it after.
+        self._list_checkpoint(step, adapter, metrics, announce=True)
+        stopping = preemption.requested() or self.ownership != jobs.Ownership.OWNED
+        if self._assess is None or stopping or self._has_safety(step):
+            return
+        safety, deployable = self._assess(step)
+        if "validation_loss" in safety:
+            metrics["full_valid_loss"] = float(safety["validation_loss"])
         with session_scope(self.factory) as session:
+            if not jobs.heartbeat(session, self.claim):
+                self.ownership = jobs.ownership(session, self.claim)
+                if self.ownership == jobs.Ownership.LOST:
+                    raise ClaimLost(f"job {self.claim.job_id} is no longer this worker's")
+            job = self._job(session)
+            row = session.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.job_id == job.id, Checkpoint.step_number == step
+                )
+            )
+            if row is not None:
+                row.safety, row.deployable = safety, deployable
+                row.metrics = {**(row.metrics or {}), **metrics}
+            verdict = {True: "deployable", False: "NOT deployable", None: "not gated"}
+            jobs.add_event(
+                session,
+                job,
+                f"Safety at step {step}: {describe(safety)} ({verdict[deployable]}).",
+                type="metrics",
+                data={"step": step, **safety, "deployable": deployable},
+            )
+
+    def _list_checkpoint(
+        self, step: int, adapter: Path, metrics: dict[str, Any], *, announce: bool
+    ) -> None:
+        with session_scope(self.factory) as session:
+            if not jobs.heartbeat(session, self.claim):
+                self.ownership = jobs.ownership(session, self.claim)
+                if self.ownership == jobs.Ownership.LOST:
+                    raise ClaimLost(f"job {self.claim.job_id} is no longer this worker's")
             job = self._job(session)
             existing = session.scalar(
                 select(Checkpoint).where(
@@ -140,27 +257,38 @@ class JobReporter:
                         train_loss=metrics.get("train_loss"),
                         storage_key=str(adapter.relative_to(self._store_root)),
                         fine_tuned_model_checkpoint=self._checkpoint_name(step),
-                        safety=safety,
-                        deployable=deployable,
                     )
                 )
-            elif safety is not None:
-                existing.safety, existing.deployable = safety, deployable
-                existing.metrics = {**(existing.metrics or {}), **metrics}
-            jobs.add_event(
-                session, job, f"Checkpoint saved at step {step}.", type="metrics", data=metrics
-            )
-            if safety is not None:
-                verdict = {True: "deployable", False: "NOT deployable", None: "not gated"}
-                jobs.add_event(
-                    session,
-                    job,
-                    f"Safety at step {step}: {describe(safety)} ({verdict[deployable]}).",
-                    type="metrics",
-                    data={"step": step, **safety, "deployable": deployable},
-                )
+                if announce:
+                    jobs.add_event(
+                        session,
+                        job,
+                        f"Checkpoint saved at step {step}.",
+                        type="metrics",
+                        data=metrics,
+                    )
             session.flush()
             self._prune(session, job)
+
+    def _reconcile(self, checkpoint_dir: Path) -> None:
+        """List complete checkpoint folders that lost their row (a kill between the files and
+        the row), then prune: surplus checkpoints and leftovers of interrupted writes."""
+        if not checkpoint_dir.is_dir():
+            return
+        for entry in sorted(checkpoint_dir.iterdir()):
+            name = entry.name
+            if name.startswith(".tmp-") or name.startswith(".old-"):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif name.startswith("step-") and not (entry / COMPLETE).is_file():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif name.startswith("step-"):
+                step = int(name.removeprefix("step-"))
+                try:
+                    raw = json.loads((entry / "metrics.json").read_text())
+                except (OSError, ValueError):
+                    raw = {}
+                metrics = {"step": step, **{k: float(v) for k, v in raw.items() if k != "step"}}
+                self._list_checkpoint(step, entry / "adapter", metrics, announce=False)
 
     def checkpoint_safety(self, step: int) -> tuple[dict[str, Any] | None, bool | None]:
         """The stored scores and gate decision of this job's checkpoint at ``step``."""
@@ -178,8 +306,9 @@ class JobReporter:
     # -- endings ---------------------------------------------------------------------------------
     def record(self, **values: Any) -> bool:
         """Write columns of the job row (with a heartbeat); ``False``: no longer ours."""
-        with session_scope(self.factory) as session:
-            return jobs.heartbeat(session, self.claim, **values)
+        owned = self._check(**values)
+        self._raise_if_lost()
+        return owned
 
     def succeed(self, *, fine_tuned_model: str, trained_tokens: int, **values: Any) -> bool:
         with session_scope(self.factory) as session:
@@ -196,23 +325,17 @@ class JobReporter:
                 jobs.add_event(session, self._job(session), "The job has successfully completed.")
             return done
 
-    @staticmethod
-    def stopped_errors() -> type[Exception]:
-        from defense.callbacks import TrainingStopped
-
-        return TrainingStopped
-
-    def record_stop(self, stopped: Exception) -> None:
-        step = getattr(stopped, "step", None)
+    def record_stop(self, step: int | None) -> None:
+        where = f" at step {step}" if step is not None else ""
         with session_scope(self.factory) as session:
             job = self._job(session)
             if job.status == jobs.JobStatus.CANCELLED:
-                jobs.add_event(session, job, f"Job cancelled at step {step}.")
+                jobs.add_event(session, job, f"Job cancelled{where}.")
             elif job.status == jobs.JobStatus.PAUSED:
                 jobs.add_event(
                     session,
                     job,
-                    f"Job paused at step {step}; resume continues from this checkpoint.",
+                    f"Job paused{where}; resume continues from the last checkpoint.",
                 )
 
     # -- helpers ---------------------------------------------------------------------------------

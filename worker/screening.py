@@ -15,27 +15,36 @@ Choices where the contract is silent:
 * ``flagged`` lists the flagged lines in file order (as the API documents it), at most
   ``MAX_LISTED`` of them (the lowest scores when there are more); ``summary.flagged`` counts
   them all.
-* The claim is ``safety_status`` queued -> running (one conditional UPDATE), so a duplicate
-  message does nothing. A worker lost mid-screening leaves the file ``running`` (there is no
-  heartbeat on files); the sweeper re-sends only files still ``queued``.
+* The claim is ``safety_status`` queued -> running (``core.screening``: one conditional UPDATE),
+  so a duplicate message does nothing. The screening worker heartbeats the file; the sweeper
+  puts a file whose worker went silent back to ``queued`` and sends it again, up to
+  ``screening_max_attempts`` claims, then marks it ``failed``. A preempted worker hands the file
+  back at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import screening
 from core.config import Settings
 from core.datasets import DatasetLimits, iter_examples
 from core.db import session_factory, session_scope
 from core.models import File
 from core.policy import resolve_served_model
+from core.screening import ScreeningStatus
 from core.storage import ArtifactStore, file_key
-from worker.models import ModelUnavailable, load_model, locate_model, resolve_device
+from worker import preemption
+from worker.errors import TRANSIENT_ERRORS, ClaimLost, JobFailed, Preempted, classify
+from worker.models import load_model, locate_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +83,90 @@ def build_report(
     }
 
 
-def screen_file(file_id: str, *, settings: Settings) -> dict[str, Any] | None:
-    """Screen one file; returns its report, or ``None`` when there was nothing to claim."""
+def screen_file(
+    file_id: str,
+    *,
+    settings: Settings,
+    worker_id: str = "local",
+    send_again: Callable[[str], object] | None = None,
+) -> dict[str, Any] | None:
+    """Screen one file; returns its report, or ``None`` when there was nothing to claim (or the
+    screening was handed back: preempted, or lost to another worker)."""
     factory = session_factory(settings.resolved_database_url)
-    if not _claim(factory, file_id):
+    with session_scope(factory) as session:
+        claimed = screening.claim(session, file_id, worker_id)
+    if not claimed:
         log.info("file %s: not queued for screening (duplicate or done); skipping", file_id)
         return None
     model_id = None
+    lease = _Lease(factory, file_id, worker_id, interval_s=settings.heartbeat_interval_s)
     try:
-        with session_scope(factory) as session:
-            row = session.execute(select(File).where(File.id == file_id)).scalar_one()
-            if row.deleted_at is not None:
-                raise ValueError("the file was deleted before it was screened")
-            key = row.storage_key or file_key(row.id)
-            model_id = screening_model(session, settings=settings)
-        report = _score(key, model_id=model_id, settings=settings)
+        with lease.alive():
+            with session_scope(factory) as session:
+                row = session.execute(select(File).where(File.id == file_id)).scalar_one()
+                if row.deleted_at is not None:
+                    raise JobFailed("file_deleted", "the file was deleted before it was screened")
+                key = row.storage_key or file_key(row.id)
+                model_id = screening_model(session, settings=settings)
+            report = _score(key, model_id=model_id, settings=settings)
+    except ClaimLost:
+        log.warning("file %s: screening taken over by another worker; stopped", file_id)
+        return None
+    except Preempted:
+        _finish(factory, file_id, worker_id, ScreeningStatus.QUEUED, None)
+        if send_again is not None:
+            send_again(file_id)
+        return None
     except Exception as err:  # noqa: BLE001 - recorded on the file; the file stays usable
-        from worker.tasks import TRANSIENT_ERRORS
-
         if isinstance(err, TRANSIENT_ERRORS):
-            _set(factory, file_id, "queued", None, expect="running")
+            _finish(factory, file_id, worker_id, ScreeningStatus.QUEUED, None)
             raise
         log.exception("file %s: screening failed", file_id)
-        reason = str(err) if isinstance(err, ModelUnavailable | ValueError) else repr(err)
-        failed = {"model": model_id, "error": f"Screening failed: {reason}"}
-        _set(factory, file_id, "failed", failed, expect="running")
+        failed = {"model": model_id, "error": f"Screening failed: {classify(err).message}"}
+        _finish(factory, file_id, worker_id, ScreeningStatus.FAILED, failed)
         return failed
-    _set(factory, file_id, "completed", report, expect="running")
+    _finish(factory, file_id, worker_id, ScreeningStatus.COMPLETED, report)
     return report
+
+
+class _Lease:
+    """The screening's heartbeat thread and its stop check (``defense.progress.tick``)."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], file_id: str, worker_id: str, *, interval_s: float
+    ) -> None:
+        self.factory, self.file_id, self.worker_id = factory, file_id, worker_id
+        self.interval_s = interval_s
+        self.lost = False
+
+    @contextmanager
+    def alive(self) -> Iterator[None]:
+        from defense.progress import ticking
+
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.interval_s):
+                try:
+                    with session_scope(self.factory) as session:
+                        self.lost = not screening.heartbeat(session, self.file_id, self.worker_id)
+                except TRANSIENT_ERRORS:
+                    log.warning("file %s: heartbeat failed; retrying", self.file_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{self.file_id}", daemon=True)
+        thread.start()
+        try:
+            with ticking(self.tick):
+                yield
+        finally:
+            done.set()
+            thread.join(timeout=max(5.0, 2 * self.interval_s))
+
+    def tick(self) -> None:
+        if preemption.requested():
+            raise Preempted("the worker is shutting down")
+        if self.lost:
+            raise ClaimLost(f"file {self.file_id} is no longer this worker's")
 
 
 def _score(key: str, *, model_id: str, settings: Settings) -> dict[str, Any]:
@@ -132,29 +197,12 @@ def _score(key: str, *, model_id: str, settings: Settings) -> dict[str, Any]:
     return report
 
 
-def _claim(factory: sessionmaker[Session], file_id: str) -> bool:
-    with session_scope(factory) as session:
-        result = session.execute(
-            update(File)
-            .where(File.id == file_id, File.safety_status == "queued")
-            .values(safety_status="running")
-            .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount) == 1  # type: ignore[attr-defined]
-
-
-def _set(
+def _finish(
     factory: sessionmaker[Session],
     file_id: str,
-    status: str,
+    worker_id: str,
+    status: ScreeningStatus,
     report: dict[str, Any] | None,
-    *,
-    expect: str,
 ) -> None:
     with session_scope(factory) as session:
-        session.execute(
-            update(File)
-            .where(File.id == file_id, File.safety_status == expect)
-            .values(safety_status=status, safety_report=report)
-            .execution_options(synchronize_session=False)
-        )
+        screening.finish(session, file_id, worker_id, status=status, report=report)

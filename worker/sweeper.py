@@ -1,11 +1,16 @@
 """The sweeper: the database, not the broker, recovers lost work.
 
-- A ``running`` job whose heartbeat is older than ``stale_after_s`` lost its worker: it goes back
-  to ``queued`` (and resumes from its last complete checkpoint) or fails after ``max_attempts``.
-- A ``queued`` job whose message may have been lost (enqueued longer ago than ``stale_after_s``)
-  is sent again. Duplicate messages are harmless: the claim lets only one run.
-- A file still ``queued`` for screening ``stale_after_s`` after its upload (or after the last
-  re-send, stamped as ``safety_report.resent_at``) is sent again (``send_file``).
+- A ``running`` job whose heartbeat is older than ``stale_after_s`` lost its worker (every long
+  phase heartbeats, so silence means a dead or hung process): it goes back to ``queued`` (and
+  resumes from its last complete checkpoint) or fails after ``max_attempts``.
+- A ``queued`` job is sent again only when its message can really be lost: ``resend_grace_s``
+  after its last send (or its enqueue), the wait doubling with every re-send up to
+  ``resend_max_backoff_s`` (``jobs.sent_at``, ``jobs.sends``), since a message that waits behind
+  a long job on a busy queue is not lost. A job deferred after an environment error is sent
+  when its ``retry_at`` comes. Duplicate messages are harmless: the claim lets only one run.
+- Screening is recovered like jobs: a file whose screening worker went silent goes back to
+  ``queued`` and is sent again (failed after ``screening_max_attempts``); a file still ``queued``
+  ``stale_after_s`` after its upload or last re-send is sent again.
 """
 
 from __future__ import annotations
@@ -13,13 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from core import jobs
+from core import jobs, screening
 from core.config import Settings
 from core.db import session_factory, session_scope
-from core.models import File, now
+from core.models import now
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,13 @@ log = logging.getLogger(__name__)
 def sweep(
     *,
     settings: Settings,
-    send: Callable[[str], object],
+    send: Callable[[str, str], object],
     send_file: Callable[[str], object] | None = None,
 ) -> list[str]:
-    """Returns the ids of the jobs (and files) it (re-)sent."""
-    cutoff = now() - int(settings.stale_after_s)
-    to_send: list[str] = []
+    """Returns the ids of the jobs (and files) it (re-)sent. ``send(job_id, kind)``."""
+    at = now()
+    cutoff = at - int(settings.stale_after_s)
+    to_send: list[tuple[str, str]] = []
     with session_scope(session_factory(settings.resolved_database_url)) as session:
         for job in jobs.stale_running(session, older_than=cutoff):
             attempt = job.attempt
@@ -44,31 +47,31 @@ def sweep(
                     "from the last checkpoint.",
                     level="warn",
                 )
-                to_send.append(job.id)
+                to_send.append((job.id, job.kind))
             else:
                 jobs.add_event(session, job, job.error_message or "Job failed.", level="error")
-        for job in jobs.lost_queued(session, older_than=cutoff):
-            jobs.touch_enqueued(session, job.id)
-            to_send.append(job.id)
-        files = _lost_screenings(session, older_than=cutoff) if send_file else []
-    for job_id in to_send:
+        requeued = {job_id for job_id, _ in to_send}
+        for job in jobs.resend_due(
+            session,
+            at=at,
+            grace_s=settings.resend_grace_s,
+            max_backoff_s=settings.resend_max_backoff_s,
+        ):
+            if job.id not in requeued:
+                to_send.append((job.id, job.kind))
+        for job_id, _ in to_send:
+            jobs.mark_sent(session, job_id)
+        files: list[str] = []
+        if send_file is not None:
+            files = screening.recover_stale(
+                session, older_than=cutoff, max_attempts=settings.screening_max_attempts
+            )
+            files += screening.lost_queued(session, older_than=cutoff)
+    for job_id, kind in to_send:
         log.info("sweeper: sending job %s", job_id)
-        send(job_id)
+        send(job_id, kind)
     for file_id in files:
         log.info("sweeper: sending file %s to screening", file_id)
         assert send_file is not None
         send_file(file_id)
-    return to_send + files
-
-
-def _lost_screenings(session: Session, *, older_than: int) -> list[str]:
-    ids = []
-    for row in session.scalars(
-        select(File).where(
-            File.safety_status == "queued", File.created_at < older_than, File.deleted_at.is_(None)
-        )
-    ):
-        if int((row.safety_report or {}).get("resent_at", 0)) < older_than:
-            row.safety_report = {**(row.safety_report or {}), "resent_at": now()}
-            ids.append(row.id)
-    return ids
+    return [job_id for job_id, _ in to_send] + files

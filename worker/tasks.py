@@ -6,37 +6,26 @@ import logging
 import os
 import socket
 
-from celery import shared_task
-from sqlalchemy.exc import OperationalError
+from celery import current_app, shared_task
 
 from core.config import get_settings
-from core.queue import TASK_RUN_JOB, TASK_SCREEN_FILE, TASK_SWEEP, TRAINING_QUEUE
-from worker import runner, sweeper
+from core.queue import TASK_RUN_JOB, TASK_SCREEN_FILE, TASK_SWEEP, send_run_job, send_screen_file
+from worker import runner, screening, sweeper
+from worker.errors import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
-
-# Infrastructure hiccups worth retrying; everything else is a deterministic failure of the job.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OperationalError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def send_job(job_id: str) -> None:
-    from celery import current_app
-
-    current_app.send_task(TASK_RUN_JOB, args=[job_id], queue=TRAINING_QUEUE)
+def send_job(job_id: str, kind: str = "fine_tune") -> None:
+    send_run_job(current_app, job_id, kind=kind)
 
 
 def send_file(file_id: str) -> None:
-    from celery import current_app
-
-    current_app.send_task(TASK_SCREEN_FILE, args=[file_id], queue=TRAINING_QUEUE)
+    send_screen_file(current_app, file_id)
 
 
 @shared_task(
@@ -60,9 +49,9 @@ def run_job(job_id: str) -> None:
     max_retries=5,
 )
 def screen_file(file_id: str) -> None:
-    from worker import screening
-
-    screening.screen_file(file_id, settings=get_settings())
+    screening.screen_file(
+        file_id, settings=get_settings(), worker_id=worker_id(), send_again=send_file
+    )
 
 
 @shared_task(name=TASK_SWEEP, ignore_result=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
+from sqlalchemy.orm import Session
 
 from api.admin import service
 from api.admin.schemas import (
@@ -25,6 +26,7 @@ from api.jobs.schemas import CheckpointList, CheckpointRead, JobList, JobRead, J
 from api.models.schemas import ModelRead
 from api.models.service import model_read
 from api.pagination import page_of
+from core.alignments import alignment_progress
 from core.models import Job, Model
 
 # The dependency sits on the router, so a route added here later cannot forget it.
@@ -39,8 +41,9 @@ After = Annotated[str | None, Query(description="Id of the last object of the pr
 JobId = Annotated[str, Path(description="Any tenant's job id (ftjob-…).", max_length=64)]
 
 
-def admin_model_read(row: Model) -> AdminModelRead:
+def admin_model_read(row: Model, session: Session | None = None) -> AdminModelRead:
     return AdminModelRead(
+        alignment=alignment_progress(session, row) if session is not None else None,
         **model_read(row).model_dump(),
         source=row.source,
         path=row.path,
@@ -69,7 +72,23 @@ def register_model(body: ModelRegister, session: SessionDep) -> ModelRead:
     description="Base, aligned and errored models, newest first, with paths and provider policy.",
 )
 def list_models(session: SessionDep) -> AdminModelList:
-    return AdminModelList(data=[admin_model_read(m) for m in service.list_models(session=session)])
+    return AdminModelList(
+        data=[admin_model_read(m, session) for m in service.list_models(session=session)]
+    )
+
+
+@router.get(
+    "/models/{model_id:path}",
+    response_model=AdminModelRead,
+    summary="Get one model with its policy (and a pending alignment's progress)",
+    description="A pending aligned model shows its alignment job's step, percent and time left.",
+    responses=responses(404),
+)
+def get_model(
+    model_id: Annotated[str, Path(description="A base or aligned model id.")],
+    session: SessionDep,
+) -> AdminModelRead:
+    return admin_model_read(service.get_model(session=session, model_id=model_id), session)
 
 
 @router.patch(
@@ -159,7 +178,7 @@ def create_alignment(
         settings=settings,
         tenant_id=key.tenant_id,
         body=body,
-        enqueue=queue.send_run_job,
+        enqueue=queue.send_alignment_job,
     )
     if not created:
         response.headers["idempotent-replayed"] = "true"

@@ -304,6 +304,11 @@ class AdminModelRead(ModelRead):
     adapter_path: str | None = Field(description="For an aligned model: its LoRA adapter.")
     alignment_job_id: str | None = Field(description="For an aligned model: the job that made it.")
     policy: dict[str, Any] = Field(description="Provider policy for jobs naming this model.")
+    alignment: dict[str, Any] | None = Field(
+        None,
+        description="For a pending aligned model: its alignment job's progress (job_id, "
+        "job_status, step, total_steps, percent, estimated_finish, eta_s, eta).",
+    )
 
 
 class AdminModelList(BaseModel):

@@ -184,6 +184,19 @@ def _patched(current: dict[str, Any] | None, patch: dict[str, Any]) -> dict[str,
     return merged
 
 
+def get_model(*, session: Session, model_id: str) -> Model:
+    row = (
+        session.scalar(select(Model).where(Model.id == model_id))
+        if is_model_name(model_id)
+        else None
+    )
+    if row is None:
+        raise NotFound(
+            f"The model {model_id[:128]!r} does not exist.", param="model", code="model_not_found"
+        )
+    return row
+
+
 def update_model_policy(*, session: Session, model_id: str, body: ModelPolicyUpdate) -> Model:
     row = None
     if is_model_name(model_id):

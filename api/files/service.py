@@ -16,6 +16,7 @@ from api.ids import is_object_id
 from api.pagination import cursor_seq, fetch_page
 from core.jobs import CANCELLABLE
 from core.models import File, Job, now
+from core.screening import ScreeningStatus
 from core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def record_upload(
             n_examples=report.n_examples,
             n_errors=report.n_errors,
             data_format=report.format,
-            safety_status="queued" if report.ok else None,
+            safety_status=ScreeningStatus.QUEUED if report.ok else None,
             created_at=created_at,
             expires_at=_expires_at(upload.fields, created_at),
         )
@@ -119,7 +120,7 @@ def record_upload(
     except BaseException:
         store.delete(storage_key)
         raise
-    if row.safety_status == "queued":
+    if row.safety_status == ScreeningStatus.QUEUED:
         # The file is usable whatever happens to its screening, so a broker failure does not
         # fail the upload: the row stays queued for a later re-send.
         try:

@@ -23,6 +23,7 @@ from api.pagination import cursor_seq, fetch_page
 from core import jobs as lifecycle
 from core.alignments import ALIGNMENT_KIND
 from core.config import Settings
+from core.model_status import ModelStatus, release_pending
 from core.models import Checkpoint, File, Job, JobEvent, Model, Tenant, now
 from core.policy import Defense, ServedModel, resolve_defense, resolve_served_model
 from core.storage import ArtifactStore
@@ -302,9 +303,9 @@ def _release_aligned_model(session: Session, job: Job) -> None:
     job served by it would wait forever. It goes back to ready when it still has the adapter of
     an earlier alignment, else to error (hidden, and no longer waited for)."""
     for row in session.scalars(
-        select(Model).where(Model.alignment_job_id == job.id, Model.status == "pending")
+        select(Model).where(Model.alignment_job_id == job.id, Model.status == ModelStatus.PENDING)
     ):
-        row.status = "ready" if row.adapter_path else "error"
+        release_pending(row)
 
 
 def pause_job(*, session: Session, tenant_id: str, job_id: str) -> Job:

@@ -75,12 +75,12 @@ class Task:
     args: list[Any]
 
 
-def queued_tasks(settings: Settings) -> list[Task]:
-    """The messages waiting on the training queue, oldest first, read from the broker itself."""
+def queued_tasks(settings: Settings, queue: str = TRAINING_QUEUE) -> list[Task]:
+    """The messages waiting on ``queue``, oldest first, read from the broker itself."""
     if settings.resolved_broker_url.startswith("redis"):
         import redis
 
-        raw = redis.Redis.from_url(settings.resolved_broker_url).lrange(TRAINING_QUEUE, 0, -1)
+        raw = redis.Redis.from_url(settings.resolved_broker_url).lrange(queue, 0, -1)
         # kombu LPUSHes: the newest is first.
         payloads = [r if isinstance(r, bytes) else str(r).encode() for r in reversed(raw)]
     else:
@@ -90,7 +90,7 @@ def queued_tasks(settings: Settings) -> list[Task]:
                 rows = conn.execute(
                     "SELECT m.payload FROM kombu_message m JOIN kombu_queue q "
                     "ON m.queue_id = q.id WHERE q.name = ? AND m.visible ORDER BY m.id",
-                    (TRAINING_QUEUE,),
+                    (queue,),
                 ).fetchall()
             except sqlite3.OperationalError:  # nothing was ever sent: no tables yet
                 rows = []

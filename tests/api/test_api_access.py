@@ -38,7 +38,7 @@ def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 def test_every_route_needs_a_key(app: FastAPI, client: TestClient) -> None:
     routes = protected_routes(app)
-    assert len(routes) == 28
+    assert len(routes) == 29
     for method, path in routes:
         for headers in (
             {},
@@ -194,6 +194,7 @@ def test_models_list(client: TestClient, keys: Keys, tenant_a_objects: dict[str,
 ADMIN_ROUTES = [
     ("POST", "/admin/models"),
     ("GET", "/admin/models"),
+    ("GET", f"/admin/models/{BASE_MODEL}"),
     ("PATCH", f"/admin/models/{BASE_MODEL}"),
     ("GET", "/admin/tenants"),
     ("PATCH", "/admin/tenants/alpha"),

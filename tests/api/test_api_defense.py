@@ -23,6 +23,7 @@ from core.alignments import resolve_alignment_hyperparameters
 from core.config import Settings
 from core.models import Checkpoint, File, Job, Model
 from core.policy import ALIGNMENT_METHODS
+from core.queue import ALIGNMENT_QUEUE, SCREENING_QUEUE
 from tests.api.helpers import (
     BASE_MODEL,
     Keys,
@@ -82,7 +83,7 @@ def test_admin_aligns_a_base_model(
     # Owned by the admin key's tenant: its own /v1 routes show it.
     mine = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=auth(keys.admin))
     assert mine.status_code == 200 and mine.json()["kind"] == "alignment"
-    assert Task("ftaas.jobs.run", [job["id"]]) in queued_tasks(settings)
+    assert Task("ftaas.jobs.run", [job["id"]]) in queued_tasks(settings, ALIGNMENT_QUEUE)
     # The aligned model is listed as pending, with its lineage.
     model = client.get(f"/v1/models/{ALIGNED}", headers=auth(keys.a)).json()
     assert model["kind"] == "aligned" and model["status"] == "pending"
@@ -100,7 +101,8 @@ def test_admin_aligns_a_base_model(
     other = align(client, keys, hyperparameters={"steps": 6})
     assert other.status_code == 409 and other.headers["x-should-retry"] == "false"
     assert other.json()["error"]["code"] == "alignment_in_progress"
-    assert len([t for t in queued_tasks(settings) if t.name == "ftaas.jobs.run"]) == 1
+    queued = queued_tasks(settings, ALIGNMENT_QUEUE)
+    assert len([t for t in queued if t.name == "ftaas.jobs.run"]) == 1
 
 
 def test_cancelled_alignment_is_no_longer_waited_for(
@@ -584,7 +586,7 @@ def test_upload_is_queued_for_screening(
 ) -> None:
     body = upload(client, keys.a, chat_jsonl(12)).json()
     assert body["safety_status"] == "queued"
-    assert Task("ftaas.files.screen", [body["id"]]) in queued_tasks(settings)
+    assert Task("ftaas.files.screen", [body["id"]]) in queued_tasks(settings, SCREENING_QUEUE)
     url = f"/v1/files/{body['id']}/safety_report"
     pending = client.get(url, headers=auth(keys.a)).json()
     assert pending == {
@@ -621,7 +623,9 @@ def test_upload_is_queued_for_screening(
 def test_invalid_upload_is_not_screened(client: TestClient, keys: Keys, settings: Settings) -> None:
     body = upload(client, keys.a, chat_jsonl(3) + b"{oops\n").json()
     assert body["status"] == "error" and body["safety_status"] is None
-    assert not [t for t in queued_tasks(settings) if t.name == "ftaas.files.screen"]
+    assert not [
+        t for t in queued_tasks(settings, SCREENING_QUEUE) if t.name == "ftaas.files.screen"
+    ]
     report = client.get(f"/v1/files/{body['id']}/safety_report", headers=auth(keys.a)).json()
     assert report["status"] is None and report["flagged"] == []
 

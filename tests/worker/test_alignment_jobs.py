@@ -20,7 +20,7 @@ from core.config import Settings
 from core.models import Job, JobEvent, Model, now
 from core.policy import resolve_served_model
 from defense.config import AlignConfig
-from worker.runner import _policy_view
+from worker.finetune import policy_view as _policy_view
 
 
 def _setup(settings: Settings, factory: sessionmaker[Session]) -> str:

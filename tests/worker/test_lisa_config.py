@@ -6,7 +6,7 @@ import pytest
 
 from core.config import Settings
 from defense.config import FinetuneConfig
-from worker.runner import _scaled_lisa
+from worker.finetune import scaled_lisa as _scaled_lisa
 
 
 def test_lisa_jobs_take_the_providers_proximal_coefficient() -> None:

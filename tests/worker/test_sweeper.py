@@ -32,7 +32,9 @@ def test_stale_running_job_is_requeued_and_resent(
         assert jobs.claim(s, alive, "live-worker") is not None
 
     sent: list[str] = []
-    assert sweeper.sweep(settings=settings, send=sent.append) == [stale]
+    assert sweeper.sweep(settings=settings, send=lambda job_id, kind: sent.append(job_id)) == [
+        stale
+    ]
     assert sent == [stale]
     with session_factory.begin() as s:
         assert s.query(Job).filter_by(id=stale).one().status == "queued"
@@ -46,9 +48,11 @@ def test_lost_queued_message_is_resent_once_per_window(
     lost = _job(session_factory, status="queued", enqueued_at=now() - 10_000)
     fresh = _job(session_factory, status="queued", enqueued_at=now())
     sent: list[str] = []
-    sweeper.sweep(settings=settings, send=sent.append)
+    sweeper.sweep(settings=settings, send=lambda job_id, kind: sent.append(job_id))
     assert sent == [lost] and fresh not in sent
-    sweeper.sweep(settings=settings, send=sent.append)  # enqueued_at was refreshed
+    sweeper.sweep(
+        settings=settings, send=lambda job_id, kind: sent.append(job_id)
+    )  # enqueued_at was refreshed
     assert sent == [lost]
 
 
@@ -60,7 +64,7 @@ def test_job_lost_too_often_fails(
         claim = jobs.claim(s, job_id, "w")
         assert claim is not None
         s.query(Job).filter_by(id=job_id).update({"heartbeat_at": now() - 10_000, "attempt": 3})
-    assert sweeper.sweep(settings=settings, send=lambda _id: None) == []
+    assert sweeper.sweep(settings=settings, send=lambda _id, _kind: None) == []
     with session_factory.begin() as s:
         job = s.query(Job).filter_by(id=job_id).one()
     assert job.status == "failed" and job.error_code == "worker_lost"
@@ -86,7 +90,11 @@ def test_file_still_queued_for_screening_is_resent_once_per_window(
     file(now() - 10_000, "completed")
     sent: list[str] = []
     files: list[str] = []
-    assert sweeper.sweep(settings=settings, send=sent.append, send_file=files.append) == [lost]
+    assert sweeper.sweep(
+        settings=settings, send=lambda job_id, kind: sent.append(job_id), send_file=files.append
+    ) == [lost]
     assert files == [lost] and sent == []
-    sweeper.sweep(settings=settings, send=sent.append, send_file=files.append)
+    sweeper.sweep(
+        settings=settings, send=lambda job_id, kind: sent.append(job_id), send_file=files.append
+    )
     assert files == [lost]  # stamped: not again within the window
