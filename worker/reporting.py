@@ -62,6 +62,7 @@ class JobReporter:
         self._last_check = 0.0
         self._started = time.monotonic()
         self._first_step: int | None = None
+        self._step: int | None = None  # the last step trained in this attempt
         self._checkpoint_name: Callable[[int], str] = lambda step: f"ckpt-step-{step}"
         self._store_root = Path(".")
         self._keep = 3
@@ -141,7 +142,7 @@ class JobReporter:
 
     # -- callbacks from defense.fit ------------------------------------------------------------
     def on_step(self, metrics: Any) -> None:
-        step = int(metrics.step)
+        step = self._step = int(metrics.step)
         observe_step(self.claim.job_id, float(metrics.tokens_per_second))
         if self._first_step is None:
             self._first_step, self._started = step, time.monotonic()
@@ -326,6 +327,9 @@ class JobReporter:
             return done
 
     def record_stop(self, step: int | None) -> None:
+        """The event of a pause or cancel; ``step`` None (stopped between batches of an
+        evaluation, not by the loop) names the last step trained."""
+        step = step if step is not None else self._step
         where = f" at step {step}" if step is not None else ""
         with session_scope(self.factory) as session:
             job = self._job(session)
