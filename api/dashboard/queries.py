@@ -86,12 +86,12 @@ def running_jobs(session: Session, *, stale_after_s: float, limit: int = 100) ->
 
 def failures_by_code(session: Session, *, since: int) -> list[tuple[str, int]]:
     rows = session.execute(
-        select(func.coalesce(Job.error_code, "unknown"), func.count())
+        select(Job.error_code, func.count())
         .where(Job.status == JobStatus.FAILED, Job.finished_at >= since)
-        .group_by(func.coalesce(Job.error_code, "unknown"))
-        .order_by(func.count().desc())
+        .group_by(Job.error_code)
     )
-    return [(code, int(count)) for code, count in rows]
+    counts = sorted(((code or "unknown", int(n)) for code, n in rows), key=lambda r: -r[1])
+    return counts
 
 
 def pending_alignments(session: Session) -> list[dict[str, Any]]:
