@@ -80,8 +80,8 @@ def login(
         session, key=key, secret=secret, ttl_s=settings.dashboard_session_ttl_s
     )
     session.commit()
-    response = RedirectResponse("/dashboard/", status_code=303)
-    response.set_cookie(
+    redirect = RedirectResponse("/dashboard/", status_code=303)
+    redirect.set_cookie(
         COOKIE,
         token,
         max_age=settings.dashboard_session_ttl_s,
@@ -90,7 +90,7 @@ def login(
         samesite="strict",
         secure=request.url.scheme == "https",
     )
-    return response
+    return redirect
 
 
 @router.post("/logout")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, inspect, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from core.jobs import JobStatus
@@ -161,7 +161,7 @@ def job_rows(
     session: Session, filters: JobFilters, *, page: int, per_page: int
 ) -> tuple[list[Any], bool]:
     """One page of jobs, newest first, and whether there is a next page."""
-    query: Select[Any] = select(
+    query = select(
         Job.id,
         Tenant.name,
         Job.model,

@@ -39,7 +39,7 @@ def make_settings(home: Path, template: Path | None = None, **overrides: object)
         database_url=url,
         broker_url=f"sqla+sqlite:///{home / 'broker.db'}",
         key_secret="test-secret",
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         **overrides,  # type: ignore[arg-type]
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
@@ -14,7 +15,7 @@ from tests.dashboard.conftest import ORIGIN
 from tests.dashboard.seed import Seed
 
 
-def _login(client: TestClient, key: str, origin: str | None = ORIGIN) -> object:
+def _login(client: TestClient, key: str, origin: str | None = ORIGIN) -> Any:
     headers = {"Origin": origin} if origin else {}
     return client.post("/dashboard/login", data={"api_key": key}, headers=headers)
 
@@ -134,7 +135,9 @@ class TestSessions:
 
 
 class TestCsrfAndOrigin:
-    def _cancel(self, client: TestClient, job: str, data: dict[str, str], headers: dict[str, str]):
+    def _cancel(
+        self, client: TestClient, job: str, data: dict[str, str], headers: dict[str, str]
+    ) -> Any:
         return client.post(f"/dashboard/jobs/{job}/cancel", data=data, headers=headers)
 
     def test_missing_or_wrong_token_is_403(

@@ -3,6 +3,8 @@ database (cancel, pause, resume, review decisions)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -19,7 +21,7 @@ def _job(settings: Settings, job_id: str) -> Job:
         return s.scalars(select(Job).where(Job.id == job_id)).one()
 
 
-def _post(client: TestClient, path: str, token: str, **data: str):
+def _post(client: TestClient, path: str, token: str, **data: str) -> Any:
     return client.post(path, data={"csrf_token": token, **data}, headers={"Origin": ORIGIN})
 
 
@@ -175,7 +177,9 @@ class TestReview:
         assert response.status_code == 400
         assert "not a flagged line" in response.text
 
-    def test_unknown_decision_is_refused(self, client: TestClient, admin: str, seeded: Seed):
+    def test_unknown_decision_is_refused(
+        self, client: TestClient, admin: str, seeded: Seed
+    ) -> None:
         data = {"job_id": seeded.running_job, "line": "3", "decision": "maybe"}
         response = _post(client, "/dashboard/review/decide", admin, **data)
         assert 400 <= response.status_code < 500
