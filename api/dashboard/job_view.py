@@ -228,7 +228,9 @@ def context(
     tenant = session.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id))
     served = session.scalar(select(Model.safety).where(Model.id == (job.served_model or job.model)))
     hist = history(session, job.id)
+    filename = session.scalar(select(File.filename).where(File.id == job.training_file))
     return {
+        "training_filename": filename,
         "job": job,
         "tenant": tenant,
         "terminal": job.status in TERMINAL,
