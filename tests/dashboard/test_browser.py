@@ -168,6 +168,7 @@ def test_review_decision_persists_across_reload(page: Page, server: Server) -> N
     expect(text).to_contain_text("<script>alert(1)</script>")  # shown as text, not run
     row.get_by_role("button", name="Harmful").click()  # htmx, with the CSRF header
     expect(page.locator(f"#flag-{job_id}-3 .decision")).to_have_text("harmful")
+    expect(page.locator("#precision")).to_contain_text("1 decided")  # updated in place
     page.goto("/dashboard/review?show=all")
     expect(page.locator(f"#flag-{job_id}-3 .decision")).to_have_text("harmful")
     expect(page.locator("#precision")).to_contain_text("1 decided")
