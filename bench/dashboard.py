@@ -165,16 +165,18 @@ def populate(settings: Settings, *, events: int, jobs: int) -> tuple[str, str]:
         return admin, big.id
 
 
-def time_page(client: TestClient, path: str, *, warmup: int, requests: int) -> dict[str, Any]:
+def time_page(
+    client: TestClient, path: str, *, warmup: int, requests: int, status: int = 200
+) -> dict[str, Any]:
     for _ in range(warmup):
-        assert client.get(path).status_code == 200, path
+        assert client.get(path).status_code == status, path
     times, cpu, size = [], [], 0
     for _ in range(requests):
         start, start_cpu = time.perf_counter(), time.process_time()
         response = client.get(path)
         times.append((time.perf_counter() - start) * 1000)
         cpu.append((time.process_time() - start_cpu) * 1000)
-        assert response.status_code == 200, path
+        assert response.status_code == status, path
         size = len(response.content)
     times.sort()
     points = sum(m.count(",") for m in re.findall(r'points="([^"]*)"', response.text))
@@ -219,9 +221,19 @@ def run_layout(layout: str, url: str, home: Path, args: argparse.Namespace) -> d
             ),
             "review (all flagged lines)": "/dashboard/review?show=all",
         }
+        live = client.get(f"/dashboard/jobs/{job_id}/live").text
+        since = re.search(r'live\?since=([^"]+)"', live)
+        assert since is not None
+        pages["job page live fragment, nothing new (204)"] = (
+            f"/dashboard/jobs/{job_id}/live?since={since.group(1)}"
+        )
         for name, path in pages.items():
             results["pages"][name] = time_page(
-                client, path, warmup=args.warmup, requests=args.requests
+                client,
+                path,
+                warmup=args.warmup,
+                requests=args.requests,
+                status=204 if "(204)" in name else 200,
             )
             print(layout, name, results["pages"][name], flush=True)
     return results

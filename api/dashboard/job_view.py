@@ -94,6 +94,13 @@ def history(session: Session, job_id: str) -> History:
     return out
 
 
+def version(session: Session, job: Job) -> str:
+    """Changes whenever anything the live part of the job page shows changes: a new event, or
+    the row's status, progress, heartbeat or safety. One indexed query."""
+    newest = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job.id))
+    return f"{newest or 0}.{job.status}.{job.step}.{job.heartbeat_at or 0}.{job.attempt}"
+
+
 def gate_threshold(job: Job) -> float | None:
     safety = job.safety or {}
     if isinstance(safety.get("threshold"), int | float):
