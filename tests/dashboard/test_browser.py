@@ -139,6 +139,7 @@ def test_wrong_key_is_refused_in_the_browser(browser: Browser, server: Server) -
 def test_running_job_updates_live_then_cancel(page: Page, server: Server) -> None:
     job_id = server.seed.running_job
     expect(page.locator("#running-jobs")).to_contain_text(job_id)
+    _shot(page, "dashboard-overview.png")
     page.click(f"#running-jobs a[href='/dashboard/jobs/{job_id}']")
     expect(page.locator("#job-step")).to_have_text("step 20/100")
     # The worker reports more steps while the page is open: it updates without a reload.
