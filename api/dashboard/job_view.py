@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -96,7 +97,8 @@ def history(session: Session, job_id: str) -> History:
 
 def version(session: Session, job: Job) -> str:
     """Changes whenever anything the live part of the job page shows changes: a new event, or
-    the row's status, progress, heartbeat or safety. One indexed query."""
+    the row's status, progress, heartbeat or attempt (the worker writes safety scores and the
+    ETA together with a heartbeat). One indexed query."""
     newest = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job.id))
     return f"{newest or 0}.{job.status}.{job.step}.{job.heartbeat_at or 0}.{job.attempt}"
 
@@ -111,7 +113,9 @@ def gate_threshold(job: Job) -> float | None:
     return None
 
 
-def job_charts(job: Job, hist: History, served_safety: dict[str, Any] | None) -> list[Any]:
+def job_charts(
+    job: Job, hist: History, served_safety: dict[str, Any] | None
+) -> list[tuple[str, Markup]]:
     """(caption, svg) for each chart of the job page."""
     start = (job.safety or {}).get("start") or {}
     loss = charts.line_chart(
