@@ -34,6 +34,8 @@ class TestOverview:
         assert 'id="unreviewed">2<' in page  # two flagged lines, none decided
         assert 'id="workers-alive">unknown<' in page  # no worker registry yet
         assert 'id="queue-depth">0<' in page
+        assert "<title>Overview · ftaas</title>" in page
+        assert 'hx-trigger="every 30s"' in page  # refreshes itself
 
     def test_stale_running_job_is_marked(
         self, client: TestClient, admin: str, seeded: Seed, dash_settings: Settings
@@ -52,6 +54,9 @@ class TestJobs:
         assert seeded.failed_job in page
         page = client.get("/dashboard/jobs?tenant=nobody").text
         assert "No jobs match" in page
+        page = client.get(f"/dashboard/jobs?job={seeded.failed_job[-6:]}").text
+        assert seeded.failed_job in page and seeded.running_job not in page
+        assert "No jobs match" in client.get("/dashboard/jobs?job=%25").text  # no wildcards
 
     def test_job_page_charts_and_safety_history(
         self, client: TestClient, admin: str, seeded: Seed
