@@ -219,5 +219,8 @@ def test_overview_on_postgresql(settings: Settings) -> None:
         sign_in(client, data.admin_key)
         page = client.get("/dashboard/").text
         assert 'id="unreviewed">2<' in page
-        assert client.get(f"/dashboard/jobs/{data.running_job}").status_code == 200
+        job_page = client.get(f"/dashboard/jobs/{data.running_job}").text
+        assert job_page.count('class="marker"') == 1  # the safety event, read on PostgreSQL
+        assert "Step 20/100" in job_page and "<polyline" in job_page
+        assert "release gate 0.200" in job_page
         assert client.get("/dashboard/review").status_code == 200
