@@ -157,6 +157,13 @@ def test_running_job_updates_live_then_cancel(page: Page, server: Server) -> Non
     assert page.locator("#job-live[hx-trigger]").count() == 0
     with session_scope(session_factory(server.settings.resolved_database_url)) as s:
         assert s.scalar(select(Job.status).where(Job.id == job_id)) == "cancelled"
+    # The jobs list's filters are a plain GET form.
+    page.click("nav >> text=Jobs")
+    page.select_option("select[name=status]", "cancelled")
+    page.click("button:has-text('Filter')")
+    expect(page.locator("#jobs")).to_contain_text(job_id)
+    expect(page.locator("#jobs")).not_to_contain_text(server.seed.failed_job)
+    _shot(page, "dashboard-jobs.png")
 
 
 def test_review_decision_persists_across_reload(page: Page, server: Server) -> None:
