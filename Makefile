@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead bench-faults clean
+.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead bench-faults bench-dashboard clean
 
 install: $(STAMP)
 
@@ -48,6 +48,9 @@ bench-overhead: install
 # Fault injection, repeated (needs root, redis-server and the PostgreSQL server binaries).
 bench-faults: install
 	$(BIN)/python bench/faults.py
+
+bench-dashboard: install services
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

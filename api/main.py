@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.admin.endpoints import router as admin_router
+from api.dashboard.router import install as install_dashboard
 from api.errors import install_error_handlers
 from api.files.endpoints import router as files_router
 from api.health import router as health_router
@@ -95,5 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics_registry = registry
         app.add_middleware(RequestMetrics, histogram=histogram)
         app.include_router(metrics_router)
+    install_dashboard(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
