@@ -9,6 +9,7 @@ from celery import Celery
 
 from core.config import get_settings
 from core.queue import MAINTENANCE_QUEUE, TASK_SWEEP, TRAINING_QUEUE, make_celery
+from worker import registry  # noqa: F401  (connects the worker-registry signal handlers)
 
 
 def create_worker_app() -> Celery:

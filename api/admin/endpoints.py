@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from api.admin import service
+from api.admin.auditing import Audit
 from api.admin.schemas import (
     AdminModelList,
     AdminModelRead,
@@ -58,8 +59,10 @@ def admin_model_read(row: Model) -> AdminModelRead:
     description="Registers a Hugging Face model directory on the server (it must hold config.json).",
     responses=responses(400, 409),
 )
-def register_model(body: ModelRegister, session: SessionDep) -> ModelRead:
-    return model_read(service.register_model(session=session, body=body))
+def register_model(body: ModelRegister, session: SessionDep, audit: Audit) -> ModelRead:
+    row = service.register_model(session=session, body=body)
+    audit.record("model.register", target_type="model", target_id=row.id, detail={"path": row.path})
+    return model_read(row)
 
 
 @router.get(
@@ -88,10 +91,16 @@ def update_model_policy(
     model_id: Annotated[str, Path(description="A base or aligned model id.")],
     body: ModelPolicyUpdate,
     session: SessionDep,
+    audit: Audit,
 ) -> AdminModelRead:
-    return admin_model_read(
-        service.update_model_policy(session=session, model_id=model_id, body=body)
+    row = service.update_model_policy(session=session, model_id=model_id, body=body)
+    audit.record(
+        "model.policy",
+        target_type="model",
+        target_id=row.id,
+        detail={"patch": body.policy.model_dump(exclude_unset=True), "policy": row.policy},
     )
+    return admin_model_read(row)
 
 
 @router.get(
@@ -127,10 +136,16 @@ def update_tenant_policy(
     tenant_name: Annotated[str, Path(description="The tenant's name.", max_length=128)],
     body: TenantPolicyUpdate,
     session: SessionDep,
+    audit: Audit,
 ) -> TenantRead:
-    return TenantRead.from_row(
-        service.update_tenant_policy(session=session, name=tenant_name, body=body)
+    row = service.update_tenant_policy(session=session, name=tenant_name, body=body)
+    audit.record(
+        "tenant.policy",
+        target_type="tenant",
+        target_id=row.name,
+        detail={"patch": body.policy.model_dump(exclude_unset=True), "policy": row.policy},
     )
+    return TenantRead.from_row(row)
 
 
 @router.post(
@@ -153,6 +168,7 @@ def create_alignment(
     session: SessionDep,
     settings: SettingsDep,
     queue: QueueDep,
+    audit: Audit,
 ) -> JobRead:
     job, created = service.create_alignment(
         session=session,
@@ -161,7 +177,14 @@ def create_alignment(
         body=body,
         enqueue=queue.send_run_job,
     )
-    if not created:
+    if created:
+        audit.record(
+            "alignment.create",
+            target_type="job",
+            target_id=job.id,
+            detail={"request": body.model_dump(exclude_unset=True), "model": job.served_model},
+        )
+    else:
         response.headers["idempotent-replayed"] = "true"
     return JobRead.from_row(job)
 
