@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api.admin.console import router as console_router
 from api.admin.endpoints import router as admin_router
+from api.dashboard.router import install as install_dashboard
 from api.errors import install_error_handlers
 from api.files.endpoints import router as files_router
 from api.health import router as health_router
@@ -90,5 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(console_router)
     app.include_router(health_router)
+    install_dashboard(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

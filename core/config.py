@@ -170,6 +170,20 @@ class Settings(BaseSettings):
     api_port: int = 8000
     page_limit_max: int = 100
 
+    # Dashboard.
+    dashboard_session_ttl_s: int = Field(
+        8 * 3600, description="A dashboard sign-in lasts this long (seconds), then asks again."
+    )
+    dashboard_login_max_failures: int = Field(
+        5, description="Failed dashboard sign-ins from one address before it must wait."
+    )
+    dashboard_poll_s: float = Field(
+        5.0, description="How often an open job page refreshes while the job runs (seconds)."
+    )
+    dashboard_login_window_s: int = Field(
+        300, description="Window (seconds) in which failed dashboard sign-ins are counted."
+    )
+
     @property
     def resolved_home(self) -> Path:
         return self.home.resolve()

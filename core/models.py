@@ -186,6 +186,8 @@ class Job(Base):
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    # The dashboard's charts read one job's metrics events in order.
+    __table_args__ = (Index("ix_job_events_job_type_seq", "job_id", "type", "seq"),)
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftevent"))
@@ -252,3 +254,46 @@ class Worker(Base):
     started_at: Mapped[int] = mapped_column(BigInteger, default=now)
     last_seen_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
     stopped_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class DashboardSession(Base):
+    """A signed-in browser session of the provider's dashboard. The cookie carries a random
+    token; only its keyed hash is stored, so a database leak does not leak live sessions."""
+
+    __tablename__ = "dashboard_sessions"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    api_key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    # Sent back in every state-changing request (form field or header), compared in constant time.
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class LoginFailure(Base):
+    """One failed dashboard sign-in, keyed by the client address (the throttle counts them)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_client_at", "client", "at"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    client: Mapped[str] = mapped_column(String(64))
+    at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class LineReview(Base):
+    """An admin's decision on a training line the defense down-weighted: harmful or benign."""
+
+    __tablename__ = "line_reviews"
+    __table_args__ = (UniqueConstraint("job_id", "line", name="uq_line_reviews_job_line"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    line: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(16))  # harmful | benign
+    api_key_id: Mapped[str] = mapped_column(String(64))
+    decided_at: Mapped[int] = mapped_column(BigInteger, default=now)

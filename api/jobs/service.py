@@ -262,6 +262,13 @@ def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
     return find_job(session=session, scope=(Job.tenant_id == tenant_id,), job_id=job_id)
 
 
+def _acted_on(session: Session, tenant_id: str | None, job_id: str) -> Job:
+    """The job a transition acts on: the caller's tenant's, or any tenant's when ``tenant_id``
+    is None (the provider's dashboard acts on every job through the same transitions)."""
+    scope = () if tenant_id is None else (Job.tenant_id == tenant_id,)
+    return find_job(session=session, scope=scope, job_id=job_id)
+
+
 def list_jobs(
     *,
     session: Session,
@@ -281,8 +288,8 @@ def list_jobs(
     return fetch_page(session, query, Job.seq, after_seq=after_seq, limit=limit)
 
 
-def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
-    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+def cancel_job(*, session: Session, tenant_id: str | None, job_id: str) -> Job:
+    job = _acted_on(session, tenant_id, job_id)
     if not lifecycle.cancel(session, job):
         session.rollback()
         raise Conflict(
@@ -307,8 +314,8 @@ def _release_aligned_model(session: Session, job: Job) -> None:
         row.status = "ready" if row.adapter_path else "error"
 
 
-def pause_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
-    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+def pause_job(*, session: Session, tenant_id: str | None, job_id: str) -> Job:
+    job = _acted_on(session, tenant_id, job_id)
     if not lifecycle.pause(session, job):
         session.rollback()
         raise Conflict(
@@ -321,8 +328,8 @@ def pause_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def resume_job(*, session: Session, tenant_id: str, job_id: str, enqueue: Enqueue) -> Job:
-    job = get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+def resume_job(*, session: Session, tenant_id: str | None, job_id: str, enqueue: Enqueue) -> Job:
+    job = _acted_on(session, tenant_id, job_id)
     if not lifecycle.resume(session, job):
         session.rollback()
         raise Conflict(
