@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import AdminAction, ApiKey
@@ -47,3 +48,9 @@ def record(
     )
     session.add(row)
     return row
+
+
+def actor_of_key_id(session: Session, key_id: str, via: Via) -> Actor:
+    """The actor for a key known by id (a dashboard session carries only the key's id)."""
+    key = session.scalar(select(ApiKey).where(ApiKey.id == key_id))
+    return Actor(key_id=key_id, tenant=key.tenant.name if key else "", via=via)

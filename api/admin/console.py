@@ -24,8 +24,10 @@ from api.admin.console_schemas import (
     WorkerRead,
 )
 from api.admin.schemas import TenantRead
-from api.deps import SessionDep, SettingsDep, admin_key
+from api.deps import QueueDep, SessionDep, SettingsDep, admin_key
 from api.errors import responses
+from api.jobs import service as jobs_service
+from api.jobs.schemas import JobRead
 from api.pagination import page_of
 
 router = APIRouter(
@@ -211,3 +213,60 @@ def list_audit(
         target_id=target_id,
     )
     return AdminActionList(**page_of([AdminActionRead.from_row(r) for r in rows], has_more))
+
+
+AnyJobId = Annotated[str, Path(description="Any tenant's job id (ftjob-…).", max_length=64)]
+
+
+def _act(action: str, job_id: str, session: SessionDep, queue: QueueDep, audit: Audit) -> JobRead:
+    if action == "cancel":
+        job = jobs_service.cancel_job(session=session, tenant_id=None, job_id=job_id)
+    elif action == "pause":
+        job = jobs_service.pause_job(session=session, tenant_id=None, job_id=job_id)
+    else:
+        job = jobs_service.resume_job(
+            session=session, tenant_id=None, job_id=job_id, enqueue=queue.send_run_job
+        )
+    audit.record(
+        f"job.{action}", target_type="job", target_id=job.id, detail={"status": job.status}
+    )
+    return JobRead.from_row(job)
+
+
+@router.post(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
+    response_model=JobRead,
+    summary="Cancel any tenant's job",
+    description="As /v1/fine_tuning/jobs/{id}/cancel, for any tenant's job (409 once finished).",
+    responses=responses(404, 409),
+)
+def cancel_job(
+    fine_tuning_job_id: AnyJobId, session: SessionDep, queue: QueueDep, audit: Audit
+) -> JobRead:
+    return _act("cancel", fine_tuning_job_id, session, queue, audit)
+
+
+@router.post(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/pause",
+    response_model=JobRead,
+    summary="Pause any tenant's running job",
+    description="As /v1/fine_tuning/jobs/{id}/pause, for any tenant's job (running jobs only).",
+    responses=responses(404, 409),
+)
+def pause_job(
+    fine_tuning_job_id: AnyJobId, session: SessionDep, queue: QueueDep, audit: Audit
+) -> JobRead:
+    return _act("pause", fine_tuning_job_id, session, queue, audit)
+
+
+@router.post(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/resume",
+    response_model=JobRead,
+    summary="Resume any tenant's paused job",
+    description="As /v1/fine_tuning/jobs/{id}/resume, for any tenant's job (paused jobs only).",
+    responses=responses(404, 409),
+)
+def resume_job(
+    fine_tuning_job_id: AnyJobId, session: SessionDep, queue: QueueDep, audit: Audit
+) -> JobRead:
+    return _act("resume", fine_tuning_job_id, session, queue, audit)

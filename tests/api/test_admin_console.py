@@ -208,6 +208,24 @@ AUDITED: dict[tuple[str, str], tuple[str, Call]] = {
             f"/admin/keys/{state['key'].json()['id']}/revoke", headers=auth(k.admin)
         ),
     ),
+    ("POST", "/admin/fine_tuning/jobs/{fine_tuning_job_id}/pause"): (
+        "job.pause",
+        lambda c, k, t, state: c.post(
+            f"/admin/fine_tuning/jobs/{state['running']}/pause", headers=auth(k.admin)
+        ),
+    ),
+    ("POST", "/admin/fine_tuning/jobs/{fine_tuning_job_id}/resume"): (
+        "job.resume",
+        lambda c, k, t, state: c.post(
+            f"/admin/fine_tuning/jobs/{state['running']}/resume", headers=auth(k.admin)
+        ),
+    ),
+    ("POST", "/admin/fine_tuning/jobs/{fine_tuning_job_id}/cancel"): (
+        "job.cancel",
+        lambda c, k, t, state: c.post(
+            f"/admin/fine_tuning/jobs/{state['running']}/cancel", headers=auth(k.admin)
+        ),
+    ),
 }
 
 
@@ -215,6 +233,7 @@ def test_every_state_changing_admin_route_writes_one_audit_row(
     app: FastAPI,
     client: TestClient,
     keys: Keys,
+    job_id: str,
     tmp_path: Path,
     session_factory: sessionmaker[Session],
 ) -> None:
@@ -226,7 +245,10 @@ def test_every_state_changing_admin_route_writes_one_audit_row(
         if method.upper() in STATE_CHANGING
     }
     assert routes == set(AUDITED), "a state-changing /admin route has no audit check here"
-    state: dict[str, Any] = {}
+    with session_factory() as session:  # another tenant's job, running on some worker
+        session.execute(update(Job).where(Job.id == job_id).values(status="running", attempt=1))
+        session.commit()
+    state: dict[str, Any] = {"running": job_id}
     for (method, path), (action, call) in AUDITED.items():
         before = len(_actions(session_factory))
         response = call(client, keys, tmp_path, state)

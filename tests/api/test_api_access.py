@@ -39,7 +39,7 @@ def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 def test_every_route_needs_a_key(app: FastAPI, client: TestClient) -> None:
     routes = protected_routes(app)
-    assert len(routes) == 36
+    assert len(routes) == 39
     for method, path in routes:
         for headers in (
             {},
@@ -212,6 +212,9 @@ ADMIN_ROUTES = [
     ("POST", "/admin/keys/key-x/revoke"),
     ("GET", "/admin/workers"),
     ("GET", "/admin/audit"),
+    ("POST", "/admin/fine_tuning/jobs/ftjob-x/cancel"),
+    ("POST", "/admin/fine_tuning/jobs/ftjob-x/pause"),
+    ("POST", "/admin/fine_tuning/jobs/ftjob-x/resume"),
 ]
 
 
