@@ -61,9 +61,10 @@ def list_keys(session: Session, name: str) -> list[ApiKey]:
     return tenants.list_keys(session, tenant_by_name(session, name))
 
 
-def revoke_key(session: Session, key_id: str) -> ApiKey:
+def revoke_key(session: Session, key_id: str, *, tenant: Tenant | None = None) -> ApiKey:
+    """Revoke a key; with ``tenant``, only a key of that tenant (a page acts on its own keys)."""
     row = tenants.find_key(session, key_id) if is_object_id(key_id) else None
-    if row is None:
+    if row is None or (tenant is not None and row.tenant_id != tenant.id):
         raise NotFound(f"No such API key: {key_id[:64]!r}", param="key_id")
     if row.revoked_at is not None:
         raise Conflict(f"The key {row.id} is already revoked.", param="key_id", code="key_revoked")

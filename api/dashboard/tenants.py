@@ -168,15 +168,9 @@ def revoke_key(
 ) -> Response:
     tenant = _tenant(session, tenant_name)
     try:
-        row = console_service.revoke_key(session, key_id)
-        if row.tenant_id != tenant.id:
-            raise DashboardError(404, f"{key_id} is not a key of {tenant_name}.")
+        row = console_service.revoke_key(session, key_id, tenant=tenant)
     except ApiError as error:
-        session.rollback()
         raise DashboardError(error.status_code, error.message) from error
-    except DashboardError:
-        session.rollback()
-        raise
     audited.record(
         session,
         admin,

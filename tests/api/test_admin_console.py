@@ -284,3 +284,30 @@ def test_audit_log_is_paginated_newest_first(client: TestClient, keys: Keys) -> 
     assert (
         client.get("/admin/audit?after=adminact-nope", headers=auth(keys.admin)).status_code == 400
     )
+
+
+def test_tenant_usage_on_both_databases(
+    client: TestClient, keys: Keys, job_id: str, session_factory: sessionmaker[Session]
+) -> None:
+    """The Tenants page's grouped usage queries (FILTER, joins) on SQLite and PostgreSQL."""
+    from api.dashboard.console_queries import tenant_usage
+    from core.models import LineReview, Tenant
+
+    with session_factory() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="failed", error_code="safety_gate", trained_tokens=500)
+        )
+        session.add(LineReview(job_id=job_id, line=2, decision="harmful", api_key_id="key-x"))
+        session.add(LineReview(job_id=job_id, line=4, decision="benign", api_key_id="key-x"))
+        session.commit()
+        ids = dict(session.execute(select(Tenant.name, Tenant.id)).all())
+        usage = tenant_usage(session)
+        only_beta = tenant_usage(session, [ids["beta"]])
+    alpha = usage[ids["alpha"]]
+    assert alpha.jobs_by_status == {"failed": 1} and alpha.jobs == 1
+    assert alpha.trained_tokens == 500 and alpha.gate_failures == 1
+    assert alpha.files == 1 and alpha.file_bytes > 0
+    assert alpha.confirmed_harmful == 1 and alpha.active_keys == 1
+    assert set(only_beta) == {ids["beta"]} and only_beta[ids["beta"]].jobs == 0
