@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead clean
+.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead bench-dashboard clean
 
 install: $(STAMP)
 
@@ -44,6 +44,9 @@ bench-defense: install
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py
+
+bench-dashboard: install services
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -209,5 +209,13 @@ def line_chart(
             f'<text x="{legend_x + 20}" y="16">{escape(s.name)}</text>'
         )
         legend_x += 28 + 7 * len(s.name)
+    kinds = {m.ok for m in markers}
+    for ok, name in ((True, "deployable"), (False, "not deployable"), (None, "not gated")):
+        if ok in kinds:
+            parts.append(
+                f'<circle cx="{legend_x + 5}" cy="12" r="4" fill="{colors[ok]}"/>'
+                f'<text x="{legend_x + 13}" y="16">{name}</text>'
+            )
+            legend_x += 22 + 7 * len(name)
     parts.append("</g></svg>")
     return Markup("".join(parts))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.dashboard import charts
@@ -39,34 +39,66 @@ def _num(value: Any) -> float | None:
 
 
 def history(session: Session, job_id: str) -> History:
+    """The job's curves from its metrics events. The numbers are pulled out of the JSON by the
+    database (no per-row JSON decoding in Python, no ORM objects: a job has ~10,000 events);
+    only the few safety events and the newest step event are read whole."""
+    data = JobEvent.__table__.c.data
+    numbers = (
+        JobEvent.__table__.c.seq,
+        data["step"].as_float(),
+        data["train_loss"].as_float(),
+        data["total_steps"].as_float(),
+        data["harmful_score"].as_float(),
+        # Checkpoint events carry full_valid_loss (valid_loss in older rows), safety events
+        # validation_loss; COALESCE stops at the first one present.
+        func.coalesce(
+            data["full_valid_loss"].as_float(),
+            data["validation_loss"].as_float(),
+            data["valid_loss"].as_float(),
+        ),
+    )
+    rows = session.connection().execute(
+        select(*numbers)
+        .where(JobEvent.__table__.c.job_id == job_id, JobEvent.__table__.c.type == "metrics")
+        .order_by(JobEvent.__table__.c.seq)
+    )
     out = History()
     validation: dict[float, float] = {}
-    safety: dict[float, dict[str, Any]] = {}
-    rows = session.execute(
-        select(JobEvent.data)
-        .where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
-        .order_by(JobEvent.seq)
-    ).scalars()
-    for data in rows:
-        if not isinstance(data, dict):
-            continue
-        step = _num(data.get("step"))
+    safety_seqs: list[int] = []
+    last_step_seq: int | None = None
+    for seq, step, train, total, harmful, loss in rows:
         if step is None:
             continue
-        if "harmful_score" in data:
-            safety[step] = data
-            loss = _num(data.get("validation_loss"))
-        else:
-            loss = _num(data.get("full_valid_loss", data.get("valid_loss")))
-            train = _num(data.get("train_loss"))
-            if "total_steps" in data and train is not None:
-                out.train.append((step, train))
-                out.last_step = data
+        if harmful is not None:
+            safety_seqs.append(seq)
+        elif total is not None and train is not None:
+            out.train.append((step, train))
+            last_step_seq = seq
         if loss is not None:
             validation[step] = loss
     out.validation = sorted(validation.items())
-    out.safety = [safety[s] for s in sorted(safety)]
+    wanted = safety_seqs + ([last_step_seq] if last_step_seq is not None else [])
+    whole: dict[int, Any] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows_ = session.execute(select(JobEvent.seq, JobEvent.data).where(JobEvent.seq.in_(chunk)))
+        whole.update((int(seq), value) for seq, value in rows_)
+    by_step = {}
+    for seq in safety_seqs:
+        item = whole.get(seq)
+        if isinstance(item, dict) and _num(item.get("step")) is not None:
+            by_step[float(item["step"])] = item
+    out.safety = [by_step[s] for s in sorted(by_step)]
+    if last_step_seq is not None and isinstance(whole.get(last_step_seq), dict):
+        out.last_step = whole[last_step_seq]
     return out
+
+
+def version(session: Session, job: Job) -> str:
+    """Changes whenever anything the live part of the job page shows changes: a new event, or
+    the row's status, progress, heartbeat or safety. One indexed query."""
+    newest = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job.id))
+    return f"{newest or 0}.{job.status}.{job.step}.{job.heartbeat_at or 0}.{job.attempt}"
 
 
 def gate_threshold(job: Job) -> float | None:
@@ -203,7 +235,9 @@ def context(
     tenant = session.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id))
     served = session.scalar(select(Model.safety).where(Model.id == (job.served_model or job.model)))
     hist = history(session, job.id)
+    filename = session.scalar(select(File.filename).where(File.id == job.training_file))
     return {
+        "training_filename": filename,
         "job": job,
         "tenant": tenant,
         "terminal": job.status in TERMINAL,

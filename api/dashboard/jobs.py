@@ -80,18 +80,28 @@ def job_page(
     request: Request, admin: Admin, session: SessionDep, store: StoreDep, job_id: JobId
 ) -> HTMLResponse:
     job = _job(session, job_id)
-    return render(request, "job.html", job_view.context(session, store, job), active="jobs")
+    context = {**job_view.context(session, store, job), "version": job_view.version(session, job)}
+    return render(request, "job.html", context, active="jobs")
 
 
 @router.get("/jobs/{job_id}/live", response_class=HTMLResponse)
 def job_live(
-    request: Request, admin: Admin, session: SessionDep, store: StoreDep, job_id: JobId
-) -> HTMLResponse:
+    request: Request,
+    admin: Admin,
+    session: SessionDep,
+    store: StoreDep,
+    job_id: JobId,
+    since: Annotated[str, Query(max_length=128)] = "",
+) -> Response:
     """The part of the job page that changes while it runs (htmx swaps it every few seconds;
     once the job is terminal the fragment comes back without its trigger, so polling stops)."""
     job = _job(session, job_id)
+    version = job_view.version(session, job)
+    if since and since == version:
+        # Nothing new since the page's copy: htmx swaps nothing on a 204 and keeps polling.
+        return Response(status_code=204)
     context = job_view.context(session, store, job, with_flagged=False)
-    return render(request, "_job_live.html", context)
+    return render(request, "_job_live.html", {**context, "version": version})
 
 
 @router.get("/jobs/{job_id}/{action}", response_class=HTMLResponse)

@@ -119,11 +119,14 @@ def screening_backlog(session: Session) -> tuple[int, int | None]:
 def unreviewed_flagged_lines(session: Session) -> int:
     """Flagged lines of all jobs minus the ones an admin decided (a decision can only be made
     on a flagged line, so the difference is exact)."""
-    flagged = session.scalar(
-        select(func.coalesce(func.sum(func.json_array_length(Job.flagged_lines)), 0)).where(
-            Job.flagged_lines.is_not(None)
-        )
+    query = select(func.coalesce(func.sum(func.json_array_length(Job.flagged_lines)), 0)).where(
+        Job.flagged_lines.is_not(None)
     )
+    if session.get_bind().dialect.name == "postgresql":
+        # A Python None written explicitly is stored as JSON null, whose length PostgreSQL
+        # refuses to take (SQLite answers 0).
+        query = query.where(func.json_typeof(Job.flagged_lines) == "array")
+    flagged = session.scalar(query)
     decided = session.scalar(select(func.count()).select_from(LineReview))
     return max(0, int(flagged or 0) - int(decided or 0))
 

@@ -94,6 +94,11 @@ def review(
     return render(request, "review.html", context, active="review")
 
 
+@router.get("/review/precision", response_class=HTMLResponse)
+def precision_card(request: Request, admin: Admin, session: SessionDep) -> HTMLResponse:
+    return render(request, "_precision.html", {"precision": reviews.precision(session)})
+
+
 @router.post("/review/decide")
 def decide(
     request: Request,
@@ -127,7 +132,9 @@ def decide(
         item = next(i for i in job_view.flagged(session, store, job) if int(i["line"]) == line)
         tenant = session.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id))
         context = {"item": {**item, "tenant": tenant}, "show_job": bool(show_job), "back": back}
-        return render(request, "_flagged_row.html", context)
+        response = render(request, "_flagged_row.html", context)
+        response.headers["HX-Trigger"] = "decided"  # the precision card refreshes itself
+        return response
     # Only ever back to a dashboard page (never an open redirect).
     target = back if back.startswith("/dashboard/") and "//" not in back else "/dashboard/review"
     return RedirectResponse(target, status_code=303)

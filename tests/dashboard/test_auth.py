@@ -50,6 +50,19 @@ class TestSignIn:
         assert token and token not in rows[0].token_hash  # only a hash is stored
         assert client.get("/dashboard/").status_code == 200
 
+    def test_cookie_is_secure_over_https(self, dash_settings: Settings, seeded: Seed) -> None:
+        from api.main import create_app
+
+        app = create_app(dash_settings)
+        with TestClient(app, base_url="https://testserver", follow_redirects=False) as c:
+            response = c.post(
+                "/dashboard/login",
+                data={"api_key": seeded.admin_key},
+                headers={"Origin": "https://testserver"},
+            )
+        assert response.status_code == 303
+        assert "Secure" in response.headers["set-cookie"]
+
     def test_user_key_refused(self, client: TestClient, seeded: Seed, dash_settings: Settings):
         response = _login(client, seeded.user_key)
         assert response.status_code == 401

@@ -58,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = seed(settings)
     with session_scope(session_factory(settings.resolved_database_url)) as s:
         job = s.scalars(select(Job).where(Job.id == data.running_job)).one()
-        for step, harmful, ok in ((20, 0.15, True), (30, 0.19, True)):
+        for step, harmful, ok in ((20, 0.15, True), (30, 0.19, True), (40, 0.23, False)):
             add_safety(s, job.id, job.tenant_id, step, harmful, ok)
     port = _free_port()
     env = {
@@ -105,7 +105,7 @@ def browser(server: Server) -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, server: Server) -> Iterator[Page]:
-    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     violations: list[str] = []
     page.on(
@@ -121,9 +121,9 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
     assert violations == [], f"the page broke its own CSP: {violations}"
 
 
-def _shot(page: Page, name: str) -> None:
+def _shot(page: Page, name: str, *, full_page: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / name), full_page=True)
+    page.screenshot(path=str(SHOTS / name), full_page=full_page)
 
 
 def test_wrong_key_is_refused_in_the_browser(browser: Browser, server: Server) -> None:
@@ -139,6 +139,7 @@ def test_wrong_key_is_refused_in_the_browser(browser: Browser, server: Server) -
 def test_running_job_updates_live_then_cancel(page: Page, server: Server) -> None:
     job_id = server.seed.running_job
     expect(page.locator("#running-jobs")).to_contain_text(job_id)
+    _shot(page, "dashboard-overview.png")
     page.click(f"#running-jobs a[href='/dashboard/jobs/{job_id}']")
     expect(page.locator("#job-step")).to_have_text("step 20/100")
     # The worker reports more steps while the page is open: it updates without a reload.
@@ -148,7 +149,7 @@ def test_running_job_updates_live_then_cancel(page: Page, server: Server) -> Non
         s.execute(update(Job).where(Job.id == job_id).values(step=60))
     expect(page.locator("#job-step")).to_have_text("step 60/100", timeout=10_000)
     expect(page.locator("#events")).to_contain_text("Step 60/100")
-    _shot(page, "dashboard-job.png")
+    _shot(page, "dashboard-job.png", full_page=False)
     # Cancel through the confirmation step.
     page.click("text=Cancel job")
     page.click("button:has-text('Cancel job')")
@@ -168,6 +169,7 @@ def test_review_decision_persists_across_reload(page: Page, server: Server) -> N
     expect(text).to_contain_text("<script>alert(1)</script>")  # shown as text, not run
     row.get_by_role("button", name="Harmful").click()  # htmx, with the CSRF header
     expect(page.locator(f"#flag-{job_id}-3 .decision")).to_have_text("harmful")
+    expect(page.locator("#precision")).to_contain_text("1 decided")  # updated in place
     page.goto("/dashboard/review?show=all")
     expect(page.locator(f"#flag-{job_id}-3 .decision")).to_have_text("harmful")
     expect(page.locator("#precision")).to_contain_text("1 decided")

@@ -13,7 +13,7 @@ from core.config import Settings
 from core.db import session_factory, session_scope
 from core.models import Job, JobEvent, LineReview
 from tests.dashboard.conftest import ORIGIN
-from tests.dashboard.seed import SCRIPT, Seed, add_safety
+from tests.dashboard.seed import SCRIPT, Seed, add_metrics, add_safety
 
 
 def _job(settings: Settings, job_id: str) -> Job:
@@ -66,6 +66,23 @@ class TestJobs:
         done = client.get(f"/dashboard/jobs/{seeded.failed_job}").text
         assert "hx-trigger" not in done
         assert "not deployable" in done
+
+    def test_live_fragment_is_204_until_something_changes(
+        self, client: TestClient, admin: str, seeded: Seed, dash_settings: Settings
+    ) -> None:
+        import re
+
+        live = client.get(f"/dashboard/jobs/{seeded.running_job}/live")
+        assert live.status_code == 200
+        match = re.search(r'hx-get="([^"]+)"', live.text)
+        assert match
+        url = match.group(1).replace("&amp;", "&")
+        assert client.get(url).status_code == 204  # nothing new
+        with session_scope(session_factory(dash_settings.resolved_database_url)) as s:
+            job = s.scalars(select(Job).where(Job.id == seeded.running_job)).one()
+            add_metrics(s, job.id, job.tenant_id, range(21, 22))
+        fresh = client.get(url)
+        assert fresh.status_code == 200 and "Step 21/100" in fresh.text
 
     def test_unknown_job_is_404(self, client: TestClient, admin: str) -> None:
         assert client.get("/dashboard/jobs/ftjob-nope").status_code == 404
