@@ -139,9 +139,11 @@ def create_key(
     session: SessionDep,
     settings: SettingsDep,
     tenant_name: TenantName,
-    kind: Annotated[str, Form(pattern="^(user|admin)$")] = "user",
+    kind: Annotated[str, Form(max_length=8)] = "user",
 ) -> HTMLResponse:
     """Renders the tenant's page with the new key on it, once (the response is no-store)."""
+    if kind not in ("user", "admin"):
+        raise DashboardError(400, f"kind must be user or admin; got {kind!r}")
     try:
         row, key = console_service.create_key(
             session, tenant_name, admin=kind == "admin", secret=request.app.state.key_secret()
