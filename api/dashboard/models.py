@@ -1,6 +1,7 @@
 """Models ``/dashboard/models``: base and aligned models in lineage order, with the status and
-progress of a pending alignment, safety scores and policy; a policy form per model and a form
-that queues an alignment (the same service functions and validation as /admin)."""
+progress of a pending alignment, safety scores and policy; a policy form per model, a form that
+registers a local base model and one that queues an alignment (the same service functions and
+validation as /admin)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from api.admin import service
-from api.admin.schemas import ALIGNMENT_RANGES, AlignmentCreate, ModelPolicyUpdate
+from api.admin.schemas import ALIGNMENT_RANGES, AlignmentCreate, ModelPolicyUpdate, ModelRegister
 from api.dashboard import audited, console_queries
 from api.dashboard.auth import Admin, AdminAction, DashboardError
 from api.dashboard.render import render
@@ -124,3 +125,24 @@ async def align(
             detail={"request": body.model_dump(exclude_unset=True), "model": job.served_model},
         )
     return RedirectResponse(f"/dashboard/jobs/{job.id}", status_code=303)
+
+
+@router.post("/models/register")
+def register(
+    admin: AdminAction,
+    session: SessionDep,
+    model_id: Annotated[str, Form(max_length=256)],
+    path: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    try:
+        body = ModelRegister.model_validate({"id": model_id.strip(), "path": path.strip()})
+        row = service.register_model(session=session, body=body)
+    except ValidationError as error:
+        raise _invalid(error) from error
+    except ApiError as error:
+        raise DashboardError(error.status_code, error.message) from error
+    audited.record(
+        session, admin, "model.register", target_type="model", target_id=row.id,
+        detail={"path": row.path},
+    )  # fmt: skip
+    return RedirectResponse("/dashboard/models", status_code=303)

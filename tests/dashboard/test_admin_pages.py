@@ -24,8 +24,8 @@ def _session(settings: Settings) -> Any:
     return session_scope(session_factory(settings.resolved_database_url))
 
 
-def _post(client: TestClient, path: str, token: str, **data: str) -> Any:
-    return client.post(path, data={"csrf_token": token, **data}, headers={"Origin": ORIGIN})
+def _post(client: TestClient, url: str, token: str, **data: str) -> Any:
+    return client.post(url, data={"csrf_token": token, **data}, headers={"Origin": ORIGIN})
 
 
 def _actions(settings: Settings) -> list[AdminAction]:
@@ -256,6 +256,25 @@ class TestModels:
         assert bad.status_code == 400
         assert [a.action for a in _actions(dash_settings)] == ["model.policy", "alignment.create"]
 
+    def test_register_a_local_model(
+        self, client: TestClient, admin: str, dash_settings: Settings
+    ) -> None:
+        ok = _post(client, "/dashboard/models/register", admin, model_id="org/m1",
+                   path=_model_dir(dash_settings))  # fmt: skip
+        assert ok.status_code == 303
+        with _session(dash_settings) as s:
+            row = s.scalars(select(Model).where(Model.id == "org/m1")).one()
+            assert row.source == "local" and row.status == "ready"
+        assert "org/m1" in client.get("/dashboard/models").text
+        again = _post(client, "/dashboard/models/register", admin, model_id="org/m1",
+                      path=_model_dir(dash_settings))  # fmt: skip
+        assert again.status_code == 409
+        missing = _post(client, "/dashboard/models/register", admin, model_id="m2", path="/nope")
+        assert missing.status_code == 400 and "config.json" in missing.text
+        bad_id = _post(client, "/dashboard/models/register", admin, model_id="ft:x", path="/nope")
+        assert bad_id.status_code == 400
+        assert [a.action for a in _actions(dash_settings)] == ["model.register"]
+
 
 class TestFilesWorkersAudit:
     def test_files_filter_and_escape(
@@ -331,6 +350,12 @@ DASHBOARD_ACTIONS: dict[str, tuple[str, Act]] = {
         "model.policy",
         lambda c, t, s, _: _post(c, "/dashboard/models/policy", t, model_id="base-model", tau="1"),
     ),
+    "/models/register": (
+        "model.register",
+        lambda c, t, s, st: _post(
+            c, "/dashboard/models/register", t, model_id="mine", path=_model_dir(st)
+        ),  # fmt: skip
+    ),
     "/models/align": (
         "alignment.create",
         lambda c, t, s, _: _post(c, "/dashboard/models/align", t, base="base-2", method="sft"),
@@ -346,6 +371,13 @@ DASHBOARD_ACTIONS: dict[str, tuple[str, Act]] = {
         ),  # fmt: skip
     ),
 }
+
+
+def _model_dir(settings: Settings) -> str:
+    path = settings.resolved_home / "my-model"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text('{"model_type": "gpt2"}')
+    return str(path)
 
 
 def _user_key_id(settings: Settings) -> str:
