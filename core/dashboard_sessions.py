@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from core.models import ApiKey, DashboardSession, LoginFailure, now
 from core.security import hash_key
 
+KEEP_ENDED_S = 24 * 3600
+
 
 @dataclass(frozen=True)
 class SignedIn:
@@ -36,6 +38,8 @@ def create(session: Session, *, key: ApiKey, secret: bytes, ttl_s: int) -> str:
         raise ValueError("only an unrevoked admin key may open a dashboard session")
     token = secrets.token_urlsafe(32)
     ts = now()
+    # Sign-ins are rare: a good moment to drop sessions that ended more than a day ago.
+    session.execute(delete(DashboardSession).where(DashboardSession.expires_at < ts - KEEP_ENDED_S))
     session.add(
         DashboardSession(
             token_hash=hash_key(token, secret),

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from core.models import LineReview, now
 
+IN_CHUNK = 500
+
 
 class Decision(StrEnum):
     HARMFUL = "harmful"
@@ -51,14 +53,20 @@ def decide(
 def decisions_for(session: Session, keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
     """The decisions on the given (job, line) pairs, where there are any."""
     job_ids = sorted({job_id for job_id, _ in keys})
-    if not job_ids:
-        return {}
-    rows = session.execute(
-        select(LineReview.job_id, LineReview.line, LineReview.decision).where(
-            LineReview.job_id.in_(job_ids)
+    wanted = set(keys)
+    found: dict[tuple[str, int], str] = {}
+    for start in range(0, len(job_ids), IN_CHUNK):  # bounded IN lists (SQLite's variable limit)
+        rows = session.execute(
+            select(LineReview.job_id, LineReview.line, LineReview.decision).where(
+                LineReview.job_id.in_(job_ids[start : start + IN_CHUNK])
+            )
         )
-    )
-    return {(job_id, line): decision for job_id, line, decision in rows}
+        found.update(
+            ((job_id, line), decision)
+            for job_id, line, decision in rows
+            if (job_id, line) in wanted
+        )
+    return found
 
 
 def precision(session: Session) -> Precision:

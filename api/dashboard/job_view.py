@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from markupsafe import Markup
+from sqlalchemy import Float, Select, column, func, select, true
 from sqlalchemy.orm import Session
 
 from api.dashboard import charts
@@ -38,65 +39,83 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+METRIC_FIELDS = ("step", "train_loss", "harmful_score", "full_valid_loss", "validation_loss")
+
+
+def _numbers_query(session: Session, job_id: str) -> Select[Any]:
+    """(seq, step, train_loss, harmful_score, validation loss) of each metrics event.
+
+    PostgreSQL's ``json`` column is text: each ``->>`` parses the document again, so there one
+    ``json_to_record`` per row parses it once. SQLite's ``json_extract`` is cheap enough."""
+    events = JobEvent.__table__
+    table = events.c
+    source: Any = events
+    if session.get_bind().dialect.name == "postgresql":
+        record = (
+            func.json_to_record(table.data)
+            .table_valued(*(column(name, Float) for name in METRIC_FIELDS))
+            .render_derived(name="m", with_types=True)
+            .lateral()
+        )
+        source = events.join(record, true())
+        values = [record.c[name] for name in METRIC_FIELDS]
+    else:
+        values = [table.data[name].as_float() for name in METRIC_FIELDS]
+    step, train, harmful, full_valid, validation = values
+    return (
+        select(table.seq, step, train, harmful, func.coalesce(full_valid, validation))
+        .select_from(source)
+        .where(table.job_id == job_id, table.type == "metrics")
+        .order_by(table.seq)
+    )
+
+
 def history(session: Session, job_id: str) -> History:
     """The job's curves from its metrics events. The numbers are pulled out of the JSON by the
     database (no per-row JSON decoding in Python, no ORM objects: a job has ~10,000 events);
-    only the few safety events and the newest step event are read whole."""
-    data = JobEvent.__table__.c.data
-    numbers = (
-        JobEvent.__table__.c.seq,
-        data["step"].as_float(),
-        data["train_loss"].as_float(),
-        data["total_steps"].as_float(),
-        data["harmful_score"].as_float(),
-        # Checkpoint events carry full_valid_loss (valid_loss in older rows), safety events
-        # validation_loss; COALESCE stops at the first one present.
-        func.coalesce(
-            data["full_valid_loss"].as_float(),
-            data["validation_loss"].as_float(),
-            data["valid_loss"].as_float(),
-        ),
-    )
-    rows = session.connection().execute(
-        select(*numbers)
-        .where(JobEvent.__table__.c.job_id == job_id, JobEvent.__table__.c.type == "metrics")
-        .order_by(JobEvent.__table__.c.seq)
-    )
+    only the few safety events and the newest step event are read whole.
+
+    A training-loss point is any event with ``train_loss`` (step events, and checkpoint events,
+    which repeat the loss of their step); validation losses come from checkpoint events
+    (``full_valid_loss``) and safety events (``validation_loss``)."""
+    rows = session.connection().execute(_numbers_query(session, job_id))
     out = History()
     validation: dict[float, float] = {}
     safety_seqs: list[int] = []
-    last_step_seq: int | None = None
-    for seq, step, train, total, harmful, loss in rows:
+    for seq, step, train, harmful, loss in rows:
         if step is None:
             continue
         if harmful is not None:
             safety_seqs.append(seq)
-        elif total is not None and train is not None:
+        elif train is not None:
             out.train.append((step, train))
-            last_step_seq = seq
         if loss is not None:
             validation[step] = loss
     out.validation = sorted(validation.items())
-    wanted = safety_seqs + ([last_step_seq] if last_step_seq is not None else [])
-    whole: dict[int, Any] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        rows_ = session.execute(select(JobEvent.seq, JobEvent.data).where(JobEvent.seq.in_(chunk)))
-        whole.update((int(seq), value) for seq, value in rows_)
-    by_step = {}
-    for seq in safety_seqs:
-        item = whole.get(seq)
-        if isinstance(item, dict) and _num(item.get("step")) is not None:
-            by_step[float(item["step"])] = item
+    by_step: dict[float, dict[str, Any]] = {}
+    for start in range(0, len(safety_seqs), 500):
+        chunk = safety_seqs[start : start + 500]
+        for (item,) in session.execute(select(JobEvent.data).where(JobEvent.seq.in_(chunk))):
+            if isinstance(item, dict) and _num(item.get("step")) is not None:
+                by_step[float(item["step"])] = item
     out.safety = [by_step[s] for s in sorted(by_step)]
-    if last_step_seq is not None and isinstance(whole.get(last_step_seq), dict):
-        out.last_step = whole[last_step_seq]
+    # The newest step event (a checkpoint and a safety event may follow it).
+    for (item,) in session.execute(
+        select(JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+        .order_by(JobEvent.seq.desc())
+        .limit(10)
+    ):
+        if isinstance(item, dict) and "total_steps" in item:
+            out.last_step = item
+            break
     return out
 
 
 def version(session: Session, job: Job) -> str:
     """Changes whenever anything the live part of the job page shows changes: a new event, or
-    the row's status, progress, heartbeat or safety. One indexed query."""
+    the row's status, progress, heartbeat or attempt (the worker writes safety scores and the
+    ETA together with a heartbeat). One indexed query."""
     newest = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job.id))
     return f"{newest or 0}.{job.status}.{job.step}.{job.heartbeat_at or 0}.{job.attempt}"
 
@@ -111,7 +130,9 @@ def gate_threshold(job: Job) -> float | None:
     return None
 
 
-def job_charts(job: Job, hist: History, served_safety: dict[str, Any] | None) -> list[Any]:
+def job_charts(
+    job: Job, hist: History, served_safety: dict[str, Any] | None
+) -> list[tuple[str, Markup]]:
     """(caption, svg) for each chart of the job page."""
     start = (job.safety or {}).get("start") or {}
     loss = charts.line_chart(

@@ -53,6 +53,7 @@ def jobs(
     defense: Annotated[str, Query(max_length=32)] = "",
     error_code: Annotated[str, Query(max_length=64)] = "",
     kind: Annotated[str, Query(max_length=16)] = "",
+    job: Annotated[str, Query(max_length=64)] = "",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
     filters = queries.JobFilters(
@@ -62,6 +63,7 @@ def jobs(
         defense=defense,
         error_code=error_code,
         kind=kind,
+        job=job.strip(),
     )
     rows, more = queries.job_rows(session, filters, page=page, per_page=PER_PAGE)
     context = {

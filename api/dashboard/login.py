@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 
 from api.dashboard.auth import COOKIE, COOKIE_PATH, AdminAction, DashboardError
 from api.dashboard.render import render
@@ -64,7 +65,7 @@ def login(
         response.headers["retry-after"] = str(wait)
         return response
     secret = request.app.state.key_secret()
-    key = session.query(ApiKey).filter(ApiKey.key_hash == hash_key(api_key.strip(), secret)).first()
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(api_key.strip(), secret)))
     error = None
     if key is None:
         error = WRONG_KEY

@@ -151,6 +151,7 @@ class JobFilters:
     defense: str = ""
     error_code: str = ""
     kind: str = ""
+    job: str = ""  # a job id, or the end of one
 
     def query_string(self) -> dict[str, str]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -186,6 +187,8 @@ def job_rows(
         query = query.where(Job.error_code == filters.error_code)
     if filters.kind:
         query = query.where(Job.kind == filters.kind)
+    if filters.job:
+        query = query.where(Job.id.endswith(filters.job, autoescape=True))
     rows = list(
         session.execute(
             query.order_by(Job.seq.desc()).offset((page - 1) * per_page).limit(per_page + 1)

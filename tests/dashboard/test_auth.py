@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from core.config import Settings
 from core.db import session_factory, session_scope
 from core.models import DashboardSession, LoginFailure
-from tests.dashboard.conftest import ORIGIN
+from tests.dashboard.conftest import ORIGIN, sign_in
 from tests.dashboard.seed import Seed
 
 
@@ -122,6 +122,14 @@ class TestSessions:
         with session_scope(session_factory(dash_settings.resolved_database_url)) as s:
             s.execute(update(DashboardSession).values(expires_at=int(time.time()) - 1))
         assert client.get("/dashboard/").status_code == 303
+
+    def test_long_ended_sessions_are_dropped_at_the_next_sign_in(
+        self, client: TestClient, admin: str, seeded: Seed, dash_settings: Settings
+    ) -> None:
+        with session_scope(session_factory(dash_settings.resolved_database_url)) as s:
+            s.execute(update(DashboardSession).values(expires_at=int(time.time()) - 2 * 86400))
+        sign_in(client, seeded.admin_key)
+        assert len(_sessions(dash_settings)) == 1  # only the new one
 
     def test_logout_revokes_the_session(
         self, client: TestClient, admin: str, dash_settings: Settings

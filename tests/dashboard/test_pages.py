@@ -34,6 +34,8 @@ class TestOverview:
         assert 'id="unreviewed">2<' in page  # two flagged lines, none decided
         assert 'id="workers-alive">0<' in page  # no worker has registered
         assert 'id="queue-depth">0<' in page
+        assert "<title>Overview · ftaas</title>" in page
+        assert 'hx-trigger="every 30s"' in page  # refreshes itself
 
     def test_stale_running_job_is_marked(
         self, client: TestClient, admin: str, seeded: Seed, dash_settings: Settings
@@ -52,6 +54,9 @@ class TestJobs:
         assert seeded.failed_job in page
         page = client.get("/dashboard/jobs?tenant=nobody").text
         assert "No jobs match" in page
+        page = client.get(f"/dashboard/jobs?job={seeded.failed_job[-6:]}").text
+        assert seeded.failed_job in page and seeded.running_job not in page
+        assert "No jobs match" in client.get("/dashboard/jobs?job=%25").text  # no wildcards
 
     def test_job_page_charts_and_safety_history(
         self, client: TestClient, admin: str, seeded: Seed
@@ -214,5 +219,8 @@ def test_overview_on_postgresql(settings: Settings) -> None:
         sign_in(client, data.admin_key)
         page = client.get("/dashboard/").text
         assert 'id="unreviewed">2<' in page
-        assert client.get(f"/dashboard/jobs/{data.running_job}").status_code == 200
+        job_page = client.get(f"/dashboard/jobs/{data.running_job}").text
+        assert job_page.count('class="marker"') == 1  # the safety event, read on PostgreSQL
+        assert "Step 20/100" in job_page and "<polyline" in job_page
+        assert "release gate 0.200" in job_page
         assert client.get("/dashboard/review").status_code == 200
