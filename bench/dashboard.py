@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import create_engine, insert, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
 from api.main import create_app  # noqa: E402
 from bench.common import command_line, cpu_model, utc_now  # noqa: E402
@@ -166,12 +167,42 @@ def populate(settings: Settings, *, events: int, jobs: int) -> tuple[str, str]:
         return admin, big.id
 
 
+def backend_cpu_s(database: str | None) -> float:
+    """CPU seconds used so far by the PostgreSQL server processes serving ``database`` (read
+    from /proc: the server runs on this machine); 0 for SQLite, which runs in-process."""
+    if database is None:
+        return 0.0
+    engine = create_engine(PG_ADMIN_URL)
+    try:
+        with engine.connect() as conn:
+            pids = conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": database}
+            ).scalars()
+            total = 0
+            for pid in pids:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    finally:
+        engine.dispose()
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def time_page(
-    client: TestClient, path: str, *, warmup: int, requests: int, status: int = 200
+    client: TestClient,
+    path: str,
+    *,
+    warmup: int,
+    requests: int,
+    status: int = 200,
+    database: str | None = None,
 ) -> dict[str, Any]:
     for _ in range(warmup):
         assert client.get(path).status_code == status, path
     times, cpu, size = [], [], 0
+    db_before = backend_cpu_s(database)
     for _ in range(requests):
         start, start_cpu = time.perf_counter(), time.process_time()
         response = client.get(path)
@@ -179,6 +210,7 @@ def time_page(
         cpu.append((time.process_time() - start_cpu) * 1000)
         assert response.status_code == status, path
         size = len(response.content)
+    db_ms = (backend_cpu_s(database) - db_before) * 1000 / requests
     times.sort()
     points = sum(m.count(",") for m in re.findall(r'points="([^"]*)"', response.text))
     return {
@@ -186,6 +218,7 @@ def time_page(
         "p90_ms": round(times[int(0.9 * (len(times) - 1))], 2),
         "min_ms": round(times[0], 2),
         "median_cpu_ms": round(statistics.median(cpu), 2),
+        "db_server_cpu_ms": round(db_ms, 2) if database else None,
         "html_bytes": size,
         "chart_points": points,
     }
@@ -241,6 +274,7 @@ def run_layout(layout: str, url: str, home: Path, args: argparse.Namespace) -> d
                 warmup=args.warmup,
                 requests=args.requests,
                 status=204 if "(204)" in name else 200,
+                database=make_url(url).database if layout == "postgresql" else None,
             )
             print(layout, name, results["pages"][name], flush=True)
     return results
@@ -305,13 +339,16 @@ def report(results: dict[str, Any]) -> str:
             f"Data written in {data['populate_s']} s; 1-minute load average before timing: "
             f"{data['load_average_1min_before']} (on {os.cpu_count()} CPUs).",
             "",
-            "| page | median ms | p90 ms | min ms | median CPU ms | HTML kB | chart points |",
-            "|---|---|---|---|---|---|---|",
+            "| page | median ms | p90 ms | min ms | median app CPU ms | DB server CPU ms "
+            "| HTML kB | chart points |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, page in data["pages"].items():
             lines.append(
                 f"| {name} | {page['median_ms']} | {page['p90_ms']} | {page['min_ms']} | "
-                f"{page['median_cpu_ms']} | {page['html_bytes'] / 1000:.1f} | "
+                f"{page['median_cpu_ms']} | "
+                f"{'in process' if page['db_server_cpu_ms'] is None else page['db_server_cpu_ms']} | "
+                f"{page['html_bytes'] / 1000:.1f} | "
                 f"{page['chart_points']:,} |"
             )
         lines.append("")
