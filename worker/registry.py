@@ -125,8 +125,8 @@ def _factory(settings: Settings) -> sessionmaker[Session]:
     return sessionmaker(bind=_State.engine, expire_on_commit=False)
 
 
-def register(node: str, queues: list[str], settings: Settings) -> workers.Registration:
-    reg = workers.Registration(
+def registration(node: str, queues: list[str], settings: Settings) -> workers.Registration:
+    return workers.Registration(
         id=node,
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -135,9 +135,6 @@ def register(node: str, queues: list[str], settings: Settings) -> workers.Regist
         memory_total=memory_total(),
         version=_version(),
     )
-    with session_scope(_factory(settings)) as session:
-        workers.register(session, reg, memory_used=memory_used())
-    return reg
 
 
 def _beat(reg: workers.Registration, settings: Settings) -> None:
@@ -154,7 +151,12 @@ def _beat(reg: workers.Registration, settings: Settings) -> None:
 
 def start(node: str, queues: list[str], settings: Settings | None = None) -> None:
     settings = settings or get_settings()
-    reg = register(node, queues, settings)
+    reg = registration(node, queues, settings)
+    try:
+        with session_scope(_factory(settings)) as session:
+            workers.register(session, reg, memory_used=memory_used())
+    except Exception:  # the database may be briefly away: the first heartbeat registers it
+        log.warning("could not register worker %s yet", node, exc_info=True)
     _State.node = node
     _State.stop.clear()
     _State.thread = threading.Thread(
