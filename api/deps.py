@@ -16,6 +16,7 @@ from core.accounts import authenticate
 from core.config import Settings
 from core.models import ApiKey
 from core.storage import ArtifactStore
+from core.tenants import is_suspended
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -56,7 +57,7 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[QueueClient, Depends(get_queue)]
 
 
-def current_key(
+def authenticated_key(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -72,10 +73,23 @@ def current_key(
     return key
 
 
+async def current_key(key: Annotated[ApiKey, Depends(authenticated_key)]) -> ApiKey:
+    """The caller of a /v1 route: a valid key whose tenant is not suspended."""
+    if is_suspended(key):
+        raise Forbidden(
+            f"The organization {key.tenant.name!r} is suspended by the service provider; its "
+            "API keys cannot be used until it is reinstated.",
+            code="tenant_suspended",
+        )
+    return key
+
+
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-async def admin_key(key: CurrentKey) -> ApiKey:
+async def admin_key(key: Annotated[ApiKey, Depends(authenticated_key)]) -> ApiKey:
+    # Admin keys keep working on /admin while their tenant is suspended, so a provider who
+    # suspends its own tenant is not locked out of the console.
     # Deny by default: only keys created as admin keys pass, whatever their tenant.
     if not key.is_admin:
         raise Forbidden("This route needs an admin API key.")

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.admin.console import router as console_router
 from api.admin.endpoints import router as admin_router
 from api.dashboard.router import install as install_dashboard
 from api.errors import install_error_handlers
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(models_router)
     app.include_router(v1)
     app.include_router(admin_router)
+    app.include_router(console_router)
     app.include_router(health_router)
     if settings.metrics_enabled:
         registry, histogram = build_registry(app.state.session_factory)

@@ -6,7 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import ApiKey, Tenant
-from core.security import display_prefix, generate_key, hash_key
+from core.security import hash_key
+from core.tenants import issue_key
 
 
 def get_or_create_tenant(session: Session, name: str) -> Tenant:
@@ -22,17 +23,7 @@ def create_key(session: Session, *, tenant_name: str, admin: bool, secret: bytes
     """Create a key for ``tenant_name`` (creating the tenant if needed); returns the key itself,
     which is never stored and cannot be shown again."""
     tenant = get_or_create_tenant(session, tenant_name)
-    key = generate_key()
-    session.add(
-        ApiKey(
-            tenant_id=tenant.id,
-            key_hash=hash_key(key, secret),
-            prefix=display_prefix(key),
-            is_admin=admin,
-        )
-    )
-    session.flush()
-    return key
+    return issue_key(session, tenant, admin=admin, secret=secret)[1]
 
 
 def authenticate(session: Session, *, key: str, secret: bytes) -> ApiKey | None:

@@ -62,6 +62,8 @@ class Tenant(Base):
     # Per-tenant release policy, overriding settings (e.g. {"safety_gate_margin": 0.05}).
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # Set while the provider has suspended the tenant: its keys get 403 on /v1.
+    suspended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(Base):
@@ -226,6 +228,44 @@ class Checkpoint(Base):
     safety: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     deployable: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class AdminAction(Base):
+    """One state-changing admin action (dashboard or /admin route): who, what, when."""
+
+    __tablename__ = "admin_actions"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("adminact"))
+    at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    # The acting admin key and its tenant's name, copied so the row outlives a deleted tenant.
+    actor_key_id: Mapped[str] = mapped_column(String(64))
+    actor_tenant: Mapped[str] = mapped_column(String(128))
+    via: Mapped[str] = mapped_column(String(16))  # dashboard | api
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. tenant.suspend
+    target_type: Mapped[str] = mapped_column(String(32))  # tenant | api_key | model | job
+    target_id: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Worker(Base):
+    """A worker process as it reports itself (a registry with its own heartbeat, idle or busy)."""
+
+    __tablename__ = "workers"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(256), unique=True)  # the Celery node name
+    host: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[Any]] = mapped_column(default=list)
+    device: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    memory_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # RSS bytes
+    memory_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    current_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    last_seen_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    stopped_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class DashboardSession(Base):

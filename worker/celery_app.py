@@ -25,6 +25,7 @@ from core.queue import MAINTENANCE_QUEUE, TASK_SWEEP, TRAINING_QUEUE, make_celer
 from worker import preemption
 
 WORKER_POOL = "solo"
+from worker import registry  # noqa: F401  (connects the worker-registry signal handlers)
 
 
 def create_worker_app() -> Celery:

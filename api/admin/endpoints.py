@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from api.admin import service
+from api.admin.auditing import Audit
 from api.admin.schemas import (
     AdminModelList,
     AdminModelRead,
@@ -61,8 +62,10 @@ def admin_model_read(row: Model, session: Session | None = None) -> AdminModelRe
     description="Registers a Hugging Face model directory on the server (it must hold config.json).",
     responses=responses(400, 409),
 )
-def register_model(body: ModelRegister, session: SessionDep) -> ModelRead:
-    return model_read(service.register_model(session=session, body=body))
+def register_model(body: ModelRegister, session: SessionDep, audit: Audit) -> ModelRead:
+    row = service.register_model(session=session, body=body)
+    audit.record("model.register", target_type="model", target_id=row.id, detail={"path": row.path})
+    return model_read(row)
 
 
 @router.get(
@@ -107,10 +110,16 @@ def update_model_policy(
     model_id: Annotated[str, Path(description="A base or aligned model id.")],
     body: ModelPolicyUpdate,
     session: SessionDep,
+    audit: Audit,
 ) -> AdminModelRead:
-    return admin_model_read(
-        service.update_model_policy(session=session, model_id=model_id, body=body)
+    row = service.update_model_policy(session=session, model_id=model_id, body=body)
+    audit.record(
+        "model.policy",
+        target_type="model",
+        target_id=row.id,
+        detail={"patch": body.policy.model_dump(exclude_unset=True), "policy": row.policy},
     )
+    return admin_model_read(row)
 
 
 @router.get(
@@ -146,10 +155,16 @@ def update_tenant_policy(
     tenant_name: Annotated[str, Path(description="The tenant's name.", max_length=128)],
     body: TenantPolicyUpdate,
     session: SessionDep,
+    audit: Audit,
 ) -> TenantRead:
-    return TenantRead.from_row(
-        service.update_tenant_policy(session=session, name=tenant_name, body=body)
+    row = service.update_tenant_policy(session=session, name=tenant_name, body=body)
+    audit.record(
+        "tenant.policy",
+        target_type="tenant",
+        target_id=row.name,
+        detail={"patch": body.policy.model_dump(exclude_unset=True), "policy": row.policy},
     )
+    return TenantRead.from_row(row)
 
 
 @router.post(
@@ -172,6 +187,7 @@ def create_alignment(
     session: SessionDep,
     settings: SettingsDep,
     queue: QueueDep,
+    audit: Audit,
 ) -> JobRead:
     job, created = service.create_alignment(
         session=session,
@@ -180,7 +196,14 @@ def create_alignment(
         body=body,
         enqueue=queue.send_alignment_job,
     )
-    if not created:
+    if created:
+        audit.record(
+            "alignment.create",
+            target_type="job",
+            target_id=job.id,
+            detail={"request": body.model_dump(exclude_unset=True), "model": job.served_model},
+        )
+    else:
         response.headers["idempotent-replayed"] = "true"
     return JobRead.from_row(job)
 

@@ -288,10 +288,19 @@ class TenantRead(BaseModel):
     name: str
     created_at: int
     policy: dict[str, Any] = Field(description="Overrides of the server's release settings.")
+    suspended_at: int | None = Field(
+        None, description="When the tenant was suspended (its keys get 403 on /v1); null if active."
+    )
 
     @classmethod
     def from_row(cls, row: Tenant) -> TenantRead:
-        return cls(id=row.id, name=row.name, created_at=row.created_at, policy=row.policy or {})
+        return cls(
+            id=row.id,
+            name=row.name,
+            created_at=row.created_at,
+            policy=row.policy or {},
+            suspended_at=row.suspended_at,
+        )
 
 
 class TenantList(ListResponse[TenantRead]):

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.dashboard import job_view, queries
+from api.dashboard import audited, job_view, queries
 from api.dashboard.auth import Admin, AdminAction, DashboardError
 from api.dashboard.render import render
 from api.deps import QueueDep, SessionDep, StoreDep
@@ -136,4 +136,5 @@ def do_action(
             )
     except ApiError as error:
         raise DashboardError(error.status_code, error.message) from error
+    audited.record(session, admin, f"job.{action}", target_type="job", target_id=job_id)
     return RedirectResponse(f"/dashboard/jobs/{job_id}", status_code=303)

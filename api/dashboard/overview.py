@@ -9,6 +9,7 @@ from api.dashboard import queries
 from api.dashboard.auth import Admin
 from api.dashboard.render import render
 from api.deps import SessionDep, SettingsDep
+from core import workers
 from core.jobs import JobStatus
 from core.models import now
 
@@ -23,6 +24,7 @@ def overview(
     queued, oldest_queued = queries.queue_depth(session)
     backlog, oldest_backlog = queries.screening_backlog(session)
     ts = now()
+    worker_stale_s = workers.stale_after_s(settings.heartbeat_interval_s)
     context = {
         "statuses": [s.value for s in JobStatus],
         "by_kind": by_kind,
@@ -35,7 +37,8 @@ def overview(
         "screening_backlog": backlog,
         "oldest_backlog_age": None if oldest_backlog is None else ts - oldest_backlog,
         "unreviewed": queries.unreviewed_flagged_lines(session),
-        "workers_alive": queries.workers_alive(session, stale_after_s=settings.stale_after_s),
+        "workers_alive": queries.workers_alive(session, stale_after_s=worker_stale_s),
+        "worker_stale_after_s": worker_stale_s,
         "now": ts,
     }
     return render(request, "overview.html", context, active="overview")

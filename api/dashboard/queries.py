@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.jobs import JobStatus
-from core.models import File, Job, LineReview, Model, Tenant, now
+from core.models import File, Job, LineReview, Model, Tenant, Worker, now
 
 DAY_S = 24 * 3600
 SCREENING_BACKLOG = ("pending", "queued", "running")
@@ -132,18 +132,14 @@ def unreviewed_flagged_lines(session: Session) -> int:
 
 
 def workers_alive(session: Session, *, stale_after_s: float) -> int | None:
-    """Workers that reported recently, from the ``workers`` registry when it exists;
-    ``None`` (shown as "unknown") where this database has no such table yet.
-
-    The registry belongs to the Workers page; this is the one place the overview reads it.
-    """
-    bind = session.get_bind()
-    if not inspect(bind).has_table("workers"):
-        return None
+    """Running workers whose registry heartbeat is recent (core.workers: the Workers page's
+    threshold); the overview reads the registry only here."""
     cutoff = now() - stale_after_s
-    value = session.execute(
-        text("SELECT count(*) FROM workers WHERE last_seen_at >= :cutoff"), {"cutoff": cutoff}
-    ).scalar()
+    value = session.scalar(
+        select(func.count())
+        .select_from(Worker)
+        .where(Worker.stopped_at.is_(None), Worker.last_seen_at >= cutoff)
+    )
     return int(value or 0)
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.dashboard import job_view
+from api.dashboard import audited, job_view
 from api.dashboard.auth import Admin, AdminAction, DashboardError
 from api.dashboard.lines import read_lines
 from api.dashboard.render import render
@@ -120,7 +120,14 @@ def decide(
     reviews.decide(
         session, job_id=job_id, line=line, decision=decision, api_key_id=admin.api_key_id
     )
-    session.commit()
+    audited.record(
+        session,
+        admin,
+        "line.review",
+        target_type="job",
+        target_id=job_id,
+        detail={"line": line, "decision": str(decision)},
+    )
     if request.headers.get("hx-request"):
         item = next(i for i in job_view.flagged(session, store, job) if int(i["line"]) == line)
         tenant = session.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id))

@@ -11,12 +11,22 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api.dashboard import jobs, login, overview, review
+from api.dashboard import audit, files, jobs, login, models, overview, review, tenants, workers
 from api.dashboard.auth import DashboardError, SignInRequired
 from api.dashboard.render import HERE, render
 from api.dashboard.security import DashboardHeaders
 
-PAGES: tuple[APIRouter, ...] = (login.router, overview.router, jobs.router, review.router)
+PAGES: tuple[APIRouter, ...] = (
+    login.router,
+    overview.router,
+    jobs.router,
+    review.router,
+    tenants.router,
+    models.router,
+    files.router,
+    workers.router,
+    audit.router,
+)
 
 
 def build_router() -> APIRouter:

@@ -31,6 +31,7 @@ def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
             .replace("{alignment_id}", "ftjob-x")
             .replace("{tenant_name}", "alpha")
             .replace("{model_id}", BASE_MODEL)
+            .replace("{key_id}", "key-x")
         )
         out.extend((method.upper(), path) for method in sorted(operations))
     return out
@@ -38,7 +39,7 @@ def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 def test_every_route_needs_a_key(app: FastAPI, client: TestClient) -> None:
     routes = protected_routes(app)
-    assert len(routes) == 29
+    assert len(routes) == 40
     for method, path in routes:
         for headers in (
             {},
@@ -204,6 +205,17 @@ ADMIN_ROUTES = [
     ("GET", "/admin/jobs"),
     ("GET", "/admin/fine_tuning/jobs/ftjob-x/flagged_lines"),
     ("GET", "/admin/fine_tuning/jobs/ftjob-x/checkpoints"),
+    ("POST", "/admin/tenants"),
+    ("POST", "/admin/tenants/alpha/suspend"),
+    ("POST", "/admin/tenants/alpha/unsuspend"),
+    ("GET", "/admin/tenants/alpha/keys"),
+    ("POST", "/admin/tenants/alpha/keys"),
+    ("POST", "/admin/keys/key-x/revoke"),
+    ("GET", "/admin/workers"),
+    ("GET", "/admin/audit"),
+    ("POST", "/admin/fine_tuning/jobs/ftjob-x/cancel"),
+    ("POST", "/admin/fine_tuning/jobs/ftjob-x/pause"),
+    ("POST", "/admin/fine_tuning/jobs/ftjob-x/resume"),
 ]
 
 

@@ -32,7 +32,7 @@ class TestOverview:
         assert "host:123" in page
         assert "safety_gate" in page  # failures of the last 24 h
         assert 'id="unreviewed">2<' in page  # two flagged lines, none decided
-        assert 'id="workers-alive">unknown<' in page  # no worker registry yet
+        assert 'id="workers-alive">0<' in page  # no worker has registered
         assert 'id="queue-depth">0<' in page
         assert "<title>Overview · ftaas</title>" in page
         assert 'hx-trigger="every 30s"' in page  # refreshes itself

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from core.config import Settings
 from core.db import session_factory, session_scope
-from core.models import Job, JobEvent
+from core.models import Job, JobEvent, Worker
 from tests.worker.conftest import Keys
 from worker import runner
 
@@ -168,6 +168,13 @@ def test_cancel_running_job(
 ) -> None:
     client = _client(live_api, keys.user)
     job_id, _, log = _start_long_job(client, service_settings, n_lines=40, n_epochs=50)
+    # The worker registry shows the job on the worker running it (worker/registry.py).
+    factory = session_factory(service_settings.resolved_database_url)
+    with session_scope(factory) as s:
+        assert (
+            s.scalar(select(Worker.current_job_id).where(Worker.pid == worker_process.pid))
+            == job_id
+        )
     cancelled = client.fine_tuning.jobs.cancel(job_id)
     assert cancelled.status == "cancelled"
     _wait(
