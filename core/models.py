@@ -62,6 +62,8 @@ class Tenant(Base):
     # Per-tenant release policy, overriding settings (e.g. {"safety_gate_margin": 0.05}).
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # Fair scheduling: when a worker last claimed one of this tenant's jobs (round-robin).
+    last_claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ApiKey(Base):
@@ -138,7 +140,11 @@ class Model(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_tenant_request", "tenant_id", "request_hash"),)
+    __table_args__ = (
+        Index("ix_jobs_tenant_request", "tenant_id", "request_hash"),
+        # The fair claim counts running and queued jobs per tenant.
+        Index("ix_jobs_status_tenant", "status", "tenant_id"),
+    )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftjob"))
@@ -180,6 +186,10 @@ class Job(Base):
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Quotas: tokens estimated at create, running time summed over attempts, and its limit.
+    estimated_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    running_s: Mapped[float] = mapped_column(Float, default=0.0)
+    wall_clock_limit_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class JobEvent(Base):
@@ -212,3 +222,13 @@ class Checkpoint(Base):
     safety: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     deployable: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class RateBucket(Base):
+    """A token bucket per API key, for the embedded default (production keeps them in Redis)."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
