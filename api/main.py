@@ -18,6 +18,8 @@ from api.jobs.endpoints import router as jobs_router
 from api.limits import BodySizeLimit
 from api.models.endpoints import router as models_router
 from api.queue import QueueClient
+from api.quotas import install_quota_handler
+from api.usage import router as usage_router
 from core.config import Settings, get_settings
 from core.db import session_factory
 from core.storage import ArtifactStore
@@ -79,12 +81,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_secret = _cached(settings.resolved_key_secret)
 
     install_error_handlers(app)
+    install_quota_handler(app)
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
 
     v1 = APIRouter(prefix="/v1")
     v1.include_router(files_router)
     v1.include_router(jobs_router)
     v1.include_router(models_router)
+    v1.include_router(usage_router)
     app.include_router(v1)
     app.include_router(admin_router)
     app.include_router(health_router)

@@ -6,6 +6,7 @@
   is sent again. Duplicate messages are harmless: the claim lets only one run.
 - A file still ``queued`` for screening ``stale_after_s`` after its upload (or after the last
   re-send, stamped as ``safety_report.resent_at``) is sent again (``send_file``).
+- An expired file's bytes are deleted (``core.retention``), its row kept and marked deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from core import jobs
 from core.config import Settings
 from core.db import session_factory, session_scope
 from core.models import File, now
+from core.retention import purge_expired
+from core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ def sweep(
             jobs.touch_enqueued(session, job.id)
             to_send.append(job.id)
         files = _lost_screenings(session, older_than=cutoff) if send_file else []
+        purged = purge_expired(session, ArtifactStore(settings.resolved_artifacts_dir))
+        if purged:
+            log.info("sweeper: deleted the bytes of %d expired file(s)", len(purged))
     for job_id in to_send:
         log.info("sweeper: sending job %s", job_id)
         send(job_id)

@@ -65,9 +65,11 @@ def metadata_filter(request: Request) -> dict[str, str]:
     description=(
         "Validates the model, files and hyperparameters, stores the job as `queued` and sends it "
         "to the workers. Identical requests (same body and `Idempotency-Key`, if any) within the "
-        "idempotency window return the job already created instead of a second one."
+        "idempotency window return the job already created instead of a second one. Over a "
+        "quota (queued jobs, trained tokens this month) the answer is 429 with Retry-After; a "
+        "job larger than max_job_tokens is a 400."
     ),
-    responses=responses(400, 401),
+    responses=responses(400, 401, 429),
 )
 def create_job(
     body: JobCreate,
