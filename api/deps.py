@@ -10,11 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api.authcache import KeyCache
 from api.errors import Forbidden, Unauthorized
 from api.queue import QueueClient
-from core.accounts import authenticate
+from core.accounts import find_key
 from core.config import Settings
 from core.models import ApiKey
+from core.security import hash_key
 from core.storage import ArtifactStore
 
 bearer = HTTPBearer(
@@ -56,7 +58,7 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[QueueClient, Depends(get_queue)]
 
 
-def current_key(
+async def current_key(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -66,9 +68,15 @@ def current_key(
             "You didn't provide an API key. Send it in an Authorization header using Bearer "
             "auth (Authorization: Bearer YOUR_KEY)."
         )
-    key = authenticate(session, key=credentials.credentials, secret=request.app.state.key_secret())
+    # A cache hit (api/authcache.py, a few seconds) answers on the event loop with no query.
+    digest = hash_key(credentials.credentials, request.app.state.key_secret())
+    cache: KeyCache = request.app.state.key_cache
+    key = cache.get(digest)
     if key is None:
-        raise Unauthorized("Incorrect API key provided.")
+        row = await run_in_threadpool(find_key, session, digest)
+        if row is None:
+            raise Unauthorized("Incorrect API key provided.")
+        key = cache.put(digest, row)
     return key
 
 

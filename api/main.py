@@ -7,10 +7,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.admin.endpoints import router as admin_router
+from api.authcache import KeyCache
 from api.errors import install_error_handlers
 from api.files.endpoints import router as files_router
 from api.health import router as health_router
@@ -19,9 +20,11 @@ from api.limits import BodySizeLimit
 from api.models.endpoints import router as models_router
 from api.queue import QueueClient
 from api.quotas import install_quota_handler
+from api.ratelimit import rate_limit
 from api.usage import router as usage_router
 from core.config import Settings, get_settings
 from core.db import session_factory
+from core.ratelimit import make_buckets
 from core.storage import ArtifactStore
 
 DESCRIPTION = """\
@@ -31,6 +34,12 @@ A self-hostable fine-tuning service with OpenAI's `/v1/files`, `/v1/fine_tuning/
 `{"error": {"message", "type", "param", "code"}}`; state conflicts are 409 with
 `x-should-retry: false`. Extension fields (`defense`, `attempt`, file `errors`, …) are additions,
 never changes, to OpenAI's objects."""
+
+
+TOO_MANY = {
+    "description": "Over the key's rate limit or a quota (`Retry-After` says when to retry).",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
 
 
 def _cached(fn: Callable[[], bytes]) -> Callable[[], bytes]:
@@ -59,9 +68,11 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 description=app.description,
                 routes=app.routes,
             )
-            for path in schema.get("paths", {}).values():
+            for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+                    if route.startswith(("/v1/", "/admin/")):
+                        operation.setdefault("responses", {}).setdefault("429", TOO_MANY)
             components = schema.get("components", {}).get("schemas", {})
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)
@@ -84,13 +95,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_quota_handler(app)
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
 
-    v1 = APIRouter(prefix="/v1")
+    app.state.rate_buckets = make_buckets(settings, app.state.session_factory)
+    app.state.key_cache = KeyCache(ttl_s=settings.auth_cache_ttl_s)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(rate_limit)])
     v1.include_router(files_router)
     v1.include_router(jobs_router)
     v1.include_router(models_router)
     v1.include_router(usage_router)
     app.include_router(v1)
-    app.include_router(admin_router)
+    app.include_router(admin_router, dependencies=[Depends(rate_limit)])
     app.include_router(health_router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
