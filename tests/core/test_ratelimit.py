@@ -27,7 +27,7 @@ def test_concurrent_takers_get_exactly_the_burst(
     for buckets in _stores(settings, session_factory, rate=0.001, burst=10):
         key = f"burst-{type(buckets).__name__}"
         with ThreadPoolExecutor(8) as pool:
-            decisions = list(pool.map(lambda _: buckets.take(key), range(30)))
+            decisions = list(pool.map(buckets.take, [key] * 30))
         assert sum(d.allowed for d in decisions) == 10, type(buckets).__name__
         refused = [d for d in decisions if not d.allowed]
         assert all(d.retry_after_s > 100 for d in refused)  # ~1000 s for a token at 0.001/s
