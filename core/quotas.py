@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.config import Settings
@@ -222,3 +222,27 @@ def check_upload(
             retry_after_s=STORAGE_RETRY_AFTER_S,
             retryable=False,
         )
+
+
+def charge_running_time(session: Session, job_id: str, seconds: float) -> tuple[float, int | None]:
+    """Add ``seconds`` to the job's running time (summed over attempts); returns the new
+    running time and the job's wall-clock limit (``None``: unlimited). The caller owns the claim
+    (it runs in the same transaction as its heartbeat)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(running_s=Job.running_s + max(0.0, seconds))
+        .execution_options(synchronize_session=False)
+    )
+    running, limit = session.execute(
+        select(Job.running_s, Job.wall_clock_limit_s).where(Job.id == job_id)
+    ).one()
+    return float(running), (int(limit) if limit else None)
+
+
+def wall_clock_message(*, limit_s: int, step: int | None) -> str:
+    return (
+        f"The job reached its wall-clock limit of {limit_s:,} s of running time "
+        f"(max_job_wall_clock_s) and stopped at step {step}; its checkpoints are kept "
+        "(GET /v1/fine_tuning/jobs/{id}/checkpoints)."
+    )

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.db import session_scope
 from core.models import Checkpoint, Job, now
+from core.quotas import charge_running_time, wall_clock_message
 from worker.safety import describe
 
 Assess = Callable[[int], tuple[dict[str, Any], bool | None]]
@@ -44,6 +45,8 @@ class JobReporter:
         self._store_root = Path(".")
         self._keep = 3
         self._assess: Assess | None = None
+        self._charged_at = time.monotonic()  # running time is charged from the claim on
+        self.wall_clock_limit_s: int | None = None  # set when the job ran past its limit
 
     # -- set-up -----------------------------------------------------------------------------
     def begin(
@@ -111,7 +114,20 @@ class JobReporter:
             self._last_check = time.monotonic()
             with session_scope(self.factory) as session:
                 self._stop = not jobs.heartbeat(session, self.claim)
+                if not self._stop:
+                    self._stop = self._over_wall_clock(session)
         return self._stop
+
+    def _over_wall_clock(self, session: Session) -> bool:
+        """Charge the running time since the last check; past the job's limit, stop (fit
+        checkpoints first) and ``record_stop`` fails the job with ``wall_clock_limit``."""
+        charged_at, self._charged_at = self._charged_at, time.monotonic()
+        running, limit = charge_running_time(
+            session, self.claim.job_id, self._charged_at - charged_at
+        )
+        if limit is not None and running >= limit:
+            self.wall_clock_limit_s = limit
+        return self.wall_clock_limit_s is not None
 
     def on_checkpoint(self, info: Any) -> None:
         step = int(info.step)
@@ -204,6 +220,12 @@ class JobReporter:
 
     def record_stop(self, stopped: Exception) -> None:
         step = getattr(stopped, "step", None)
+        if self.wall_clock_limit_s is not None:
+            message = wall_clock_message(limit_s=self.wall_clock_limit_s, step=step)
+            with session_scope(self.factory) as session:
+                if jobs.fail(session, self.claim, code="wall_clock_limit", message=message):
+                    jobs.add_event(session, self._job(session), message, level="error")
+            return
         with session_scope(self.factory) as session:
             job = self._job(session)
             if job.status == jobs.JobStatus.CANCELLED:
