@@ -39,7 +39,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        await run_in_threadpool(session.close)
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()  # never connected (or already closed): no I/O, no thread hop
 
 
 async def get_store(request: Request) -> ArtifactStore:

@@ -20,7 +20,7 @@ from api.limits import BodySizeLimit
 from api.models.endpoints import router as models_router
 from api.queue import QueueClient
 from api.quotas import install_quota_handler
-from api.ratelimit import rate_limit
+from api.ratelimit import Limiter, rate_limit
 from api.usage import router as usage_router
 from core.config import Settings, get_settings
 from core.db import session_factory
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_quota_handler(app)
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
 
-    app.state.rate_buckets = make_buckets(settings, app.state.session_factory)
+    app.state.limiter = Limiter(make_buckets(settings, app.state.session_factory))
     app.state.key_cache = KeyCache(ttl_s=settings.auth_cache_ttl_s)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(rate_limit)])

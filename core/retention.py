@@ -9,6 +9,7 @@ than a row pointing at nothing; ``storage_key`` is kept for the record.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -49,7 +50,7 @@ def purge_expired(session: Session, store: ArtifactStore) -> list[str]:
     rows = expired_files(session, at=ts)
     purged: list[tuple[str, str]] = []
     for row in rows:
-        result = session.execute(
+        result: Any = session.execute(
             update(File)
             .where(File.id == row.id, File.deleted_at.is_(None))
             .values(deleted_at=ts)

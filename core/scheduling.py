@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
@@ -151,7 +152,7 @@ def _claim_within_limit(
         )
         conditions.append(running < turn.limits.max_running_jobs)
     ts = now()
-    result = session.execute(
+    result: Any = session.execute(
         update(Job)
         .where(*conditions)
         .values(

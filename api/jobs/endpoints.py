@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentKey, QueueDep, SessionDep, SettingsDep, StoreDep
 from api.errors import BadRequest, ErrorResponse, responses
@@ -131,10 +132,20 @@ def list_jobs(
     summary="Retrieve a fine-tuning job",
     responses=responses(401, 404),
 )
-def get_job(fine_tuning_job_id: JobId, key: CurrentKey, session: SessionDep) -> JobRead:
-    return JobRead.from_row(
-        service.get_job(session=session, tenant_id=key.tenant_id, job_id=fine_tuning_job_id)
-    )
+async def get_job(fine_tuning_job_id: JobId, key: CurrentKey, session: SessionDep) -> Response:
+    # The polling hot path: one trip to the thread pool (query, serialise, give the connection
+    # back), and the JSON written once by pydantic instead of FastAPI validating the JobRead
+    # against response_model again and encoding it with json.dumps.
+    def read() -> bytes:
+        try:
+            row = service.get_job(
+                session=session, tenant_id=key.tenant_id, job_id=fine_tuning_job_id
+            )
+            return JobRead.from_row(row).model_dump_json().encode()
+        finally:
+            session.close()
+
+    return Response(await run_in_threadpool(read), media_type="application/json")
 
 
 @router.post(
