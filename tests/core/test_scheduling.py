@@ -12,7 +12,7 @@ from core import jobs
 from core.accounts import get_or_create_tenant
 from core.config import Settings
 from core.models import File, Job, Tenant, now
-from core.scheduling import claim_next
+from core.scheduling import claim_next, next_for_tenant
 
 
 def _queue(factory: sessionmaker[Session], tenant: str, n: int, *, policy: dict | None = None) -> list[str]:  # fmt: skip
@@ -116,3 +116,13 @@ def test_a_message_claims_at_most_one_job(
     (only,) = _queue(session_factory, "solo", 1)
     assert _claim(session_factory, settings, only) is not None
     assert _claim(session_factory, settings, only) is None  # a duplicate delivery does nothing
+
+
+def test_next_for_tenant_is_its_oldest_queued_job(
+    session_factory: sessionmaker[Session], settings: Settings
+) -> None:
+    ids = _queue(session_factory, "t", 3)
+    with session_factory.begin() as s:
+        tenant_id = s.scalar(select(Job.tenant_id).where(Job.id == ids[0]))
+        assert next_for_tenant(s, str(tenant_id), kind="fine_tune") == ids[0]
+        assert next_for_tenant(s, str(tenant_id), kind="alignment") is None
