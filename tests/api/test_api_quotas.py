@@ -144,3 +144,17 @@ def test_tenant_policy_overrides_and_usage(settings: Settings, keys: Keys) -> No
     assert provider.status_code == 200 and provider.json() == usage
     assert client.get("/v1/usage", headers=auth(keys.b)).json()["queued_jobs"]["limit"] == 20
     _error(client.get("/admin/tenants/nobody/usage", headers=auth(keys.admin)), 404, "not_found")
+
+
+def test_rate_limit_lets_requests_through_while_redis_is_down(
+    settings: Settings, keys: Keys
+) -> None:
+    client = _client(
+        settings,
+        broker_url="redis://127.0.0.1:1/0",  # nothing listens on port 1
+        rate_limit_backend="redis",
+        rate_limit_rps=0.001,
+        rate_limit_burst=1,
+    )
+    statuses = [client.get("/v1/models", headers=auth(keys.a)).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
