@@ -46,8 +46,7 @@ class Limiter:
             return None
         try:
             if isinstance(buckets, RedisBuckets):
-                # A loopback round trip to Redis costs less than a hop to the thread pool.
-                return buckets.take(key_id)
+                return await buckets.atake(key_id)  # asyncio client: no thread hop, no blocking
             return await run_in_threadpool(buckets.take, key_id)
         except Exception as exc:
             import redis

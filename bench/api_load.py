@@ -162,6 +162,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--no-rate-limit", action="store_true", help="Diagnostics: run without the rate limit."
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -198,7 +201,7 @@ def main() -> None:
             "FTAAS_DATABASE_URL": db_url,
             "FTAAS_BROKER_URL": REDIS_URL,
             "FTAAS_KEY_SECRET": SECRET,
-            "FTAAS_RATE_LIMIT_RPS": "1000000",
+            "FTAAS_RATE_LIMIT_RPS": "0" if args.no_rate_limit else "1000000",
             "FTAAS_RATE_LIMIT_BURST": "1000000",
         }
         cmd = [

@@ -12,6 +12,7 @@ bucket atomically so any number of API processes (and hosts) share it:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -76,15 +77,37 @@ return {allowed, tostring(tokens)}
 class RedisBuckets:
     PREFIX = "ftaas:ratelimit:"
 
+    TIMEOUTS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+
     def __init__(self, url: str, *, rate: float, burst: int) -> None:
         import redis
 
-        self.rate, self.burst = rate, burst
-        self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.url, self.rate, self.burst = url, rate, burst
+        self.client = redis.Redis.from_url(url, **self.TIMEOUTS)
         self.script = self.client.register_script(LUA_TAKE)
+        # asyncio clients are bound to their event loop: one per loop (one in a uvicorn worker).
+        self._async: dict[asyncio.AbstractEventLoop, Any] = {}
 
     def take(self, key: str) -> Decision:
-        allowed, tokens = self.script(keys=[self.PREFIX + key], args=[self.rate, self.burst])
+        reply = self.script(keys=[self.PREFIX + key], args=[self.rate, self.burst])
+        return self._decision(reply)
+
+    async def atake(self, key: str) -> Decision:
+        """``take`` for an event loop: waits for Redis without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        script = self._async.get(loop)
+        if script is None:
+            import redis.asyncio
+
+            if len(self._async) >= 8:  # loops that are gone (test clients); keep it bounded
+                self._async.clear()
+            client = redis.asyncio.Redis.from_url(self.url, **self.TIMEOUTS)
+            script = self._async[loop] = client.register_script(LUA_TAKE)
+        reply = await script(keys=[self.PREFIX + key], args=[self.rate, self.burst])
+        return self._decision(reply)
+
+    def _decision(self, reply: Any) -> Decision:
+        allowed, tokens = reply
         if int(allowed) == 1:
             return Decision(True)
         return Decision(False, wait_for_one(float(tokens), rate=self.rate))

@@ -49,3 +49,18 @@ def test_backend_follows_the_broker(broker: str | None, expected: bool) -> None:
     settings = Settings(broker_url=broker, _env_file=None)  # type: ignore[call-arg]
     assert uses_redis(settings) is expected
     assert make_buckets(settings.model_copy(update={"rate_limit_rps": 0}), None) is None  # type: ignore[arg-type]
+
+
+def test_redis_asyncio_takers_get_exactly_the_burst(settings: Settings) -> None:
+    if not settings.resolved_broker_url.startswith("redis"):
+        pytest.skip("the production layout's Redis")
+    import asyncio
+
+    buckets = RedisBuckets(settings.resolved_broker_url, rate=0.001, burst=10)
+
+    async def takers() -> list[bool]:
+        decisions = await asyncio.gather(*(buckets.atake("async-key") for _ in range(30)))
+        return [d.allowed for d in decisions]
+
+    assert sum(asyncio.run(takers())) == 10
+    assert sum(asyncio.run(takers())) == 0  # a second event loop gets its own client
