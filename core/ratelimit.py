@@ -77,13 +77,15 @@ return {allowed, tostring(tokens)}
 class RedisBuckets:
     PREFIX = "ftaas:ratelimit:"
 
-    TIMEOUTS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    TIMEOUT_S = 1.0
 
     def __init__(self, url: str, *, rate: float, burst: int) -> None:
         import redis
 
         self.url, self.rate, self.burst = url, rate, burst
-        self.client = redis.Redis.from_url(url, **self.TIMEOUTS)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=self.TIMEOUT_S, socket_connect_timeout=self.TIMEOUT_S
+        )
         self.script = self.client.register_script(LUA_TAKE)
         # asyncio clients are bound to their event loop: one per loop (one in a uvicorn worker).
         self._async: dict[asyncio.AbstractEventLoop, Any] = {}
@@ -101,7 +103,9 @@ class RedisBuckets:
 
             if len(self._async) >= 8:  # loops that are gone (test clients); keep it bounded
                 self._async.clear()
-            client = redis.asyncio.Redis.from_url(self.url, **self.TIMEOUTS)
+            client = redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=self.TIMEOUT_S, socket_connect_timeout=self.TIMEOUT_S
+            )
             script = self._async[loop] = client.register_script(LUA_TAKE)
         reply = await script(keys=[self.PREFIX + key], args=[self.rate, self.burst])
         return self._decision(reply)
