@@ -88,7 +88,7 @@ def simulate(scheduler: str, *, url: str, args: argparse.Namespace) -> dict[str,
     settings = Settings(
         database_url=url,
         max_running_jobs_per_tenant=limit,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     factory = session_factory(url)
     messages: deque[str] = deque(_queue(factory, "big", args.backlog))
