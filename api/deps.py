@@ -10,11 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api.authcache import KeyCache
 from api.errors import Forbidden, Unauthorized
 from api.queue import QueueClient
-from core.accounts import authenticate
+from core.accounts import find_key
 from core.config import Settings
 from core.models import ApiKey
+from core.security import hash_key
 from core.storage import ArtifactStore
 from core.tenants import is_suspended
 
@@ -38,7 +40,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        await run_in_threadpool(session.close)
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()  # never connected (or already closed): no I/O, no thread hop
 
 
 async def get_store(request: Request) -> ArtifactStore:
@@ -57,7 +62,7 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[QueueClient, Depends(get_queue)]
 
 
-def authenticated_key(
+async def authenticated_key(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -67,9 +72,15 @@ def authenticated_key(
             "You didn't provide an API key. Send it in an Authorization header using Bearer "
             "auth (Authorization: Bearer YOUR_KEY)."
         )
-    key = authenticate(session, key=credentials.credentials, secret=request.app.state.key_secret())
+    # A cache hit (api/authcache.py, a few seconds) answers on the event loop with no query.
+    digest = hash_key(credentials.credentials, request.app.state.key_secret())
+    cache: KeyCache = request.app.state.key_cache
+    key = cache.get(digest)
     if key is None:
-        raise Unauthorized("Incorrect API key provided.")
+        row = await run_in_threadpool(_find_key_with_tenant, session, digest)
+        if row is None:
+            raise Unauthorized("Incorrect API key provided.")
+        key = cache.put(digest, row)
     return key
 
 
@@ -85,6 +96,13 @@ async def current_key(key: Annotated[ApiKey, Depends(authenticated_key)]) -> Api
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def _find_key_with_tenant(session: Session, digest: str) -> ApiKey | None:
+    row = find_key(session, digest)
+    if row is not None:
+        _ = row.tenant  # loaded here, in the thread, so the cached snapshot can carry it
+    return row
 
 
 async def admin_key(key: Annotated[ApiKey, Depends(authenticated_key)]) -> ApiKey:

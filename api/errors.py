@@ -254,6 +254,7 @@ def responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
         404: "No such object for this key's tenant.",
         409: "The object's state does not allow this (sent with `x-should-retry: false`).",
         413: "The upload is larger than the configured limit.",
+        429: "Over a rate limit or quota (`code` names it; `Retry-After` says when to retry).",
         503: "The database is unreachable.",
     }
     return {

@@ -7,11 +7,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.admin.console import router as console_router
 from api.admin.endpoints import router as admin_router
+from api.authcache import KeyCache
 from api.dashboard.router import install as install_dashboard
 from api.errors import install_error_handlers
 from api.files.endpoints import router as files_router
@@ -22,8 +23,12 @@ from api.metrics import RequestMetrics, build_registry
 from api.metrics import router as metrics_router
 from api.models.endpoints import router as models_router
 from api.queue import QueueClient
+from api.quotas import install_quota_handler
+from api.ratelimit import Limiter, rate_limit
+from api.usage import router as usage_router
 from core.config import Settings, get_settings
 from core.db import session_factory
+from core.ratelimit import make_buckets
 from core.storage import ArtifactStore
 
 DESCRIPTION = """\
@@ -33,6 +38,12 @@ A self-hostable fine-tuning service with OpenAI's `/v1/files`, `/v1/fine_tuning/
 `{"error": {"message", "type", "param", "code"}}`; state conflicts are 409 with
 `x-should-retry: false`. Extension fields (`defense`, `attempt`, file `errors`, …) are additions,
 never changes, to OpenAI's objects."""
+
+
+TOO_MANY = {
+    "description": "Over the key's rate limit or a quota (`Retry-After` says when to retry).",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
 
 
 def _cached(fn: Callable[[], bytes]) -> Callable[[], bytes]:
@@ -61,9 +72,11 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 description=app.description,
                 routes=app.routes,
             )
-            for path in schema.get("paths", {}).values():
+            for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+                    if route.startswith(("/v1/", "/admin/")):
+                        operation.setdefault("responses", {}).setdefault("429", TOO_MANY)
             components = schema.get("components", {}).get("schemas", {})
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)
@@ -83,15 +96,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_secret = _cached(settings.resolved_key_secret)
 
     install_error_handlers(app)
+    install_quota_handler(app)
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
 
-    v1 = APIRouter(prefix="/v1")
+    app.state.limiter = Limiter(make_buckets(settings, app.state.session_factory))
+    app.state.key_cache = KeyCache(ttl_s=settings.auth_cache_ttl_s)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(rate_limit)])
     v1.include_router(files_router)
     v1.include_router(jobs_router)
     v1.include_router(models_router)
+    v1.include_router(usage_router)
     app.include_router(v1)
-    app.include_router(admin_router)
-    app.include_router(console_router)
+    app.include_router(admin_router, dependencies=[Depends(rate_limit)])
+    app.include_router(console_router, dependencies=[Depends(rate_limit)])
     app.include_router(health_router)
     if settings.metrics_enabled:
         registry, histogram = build_registry(app.state.session_factory)

@@ -27,6 +27,11 @@ def create_key(session: Session, *, tenant_name: str, admin: bool, secret: bytes
 
 
 def authenticate(session: Session, *, key: str, secret: bytes) -> ApiKey | None:
+    return find_key(session, hash_key(key, secret))
+
+
+def find_key(session: Session, key_hash: str) -> ApiKey | None:
+    """The live (not revoked) key with this keyed hash."""
     return session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key, secret), ApiKey.revoked_at.is_(None))
+        select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     )

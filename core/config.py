@@ -200,6 +200,55 @@ class Settings(BaseSettings):
         "Each worker process on one host needs its own port.",
     )
 
+    # Quotas (provider-wide defaults; a tenant's policy overrides each one; 0 = unlimited).
+    max_running_jobs_per_tenant: int = Field(
+        2, ge=0, description="Jobs of one tenant running at once; workers skip the rest."
+    )
+    max_queued_jobs_per_tenant: int = Field(
+        20, ge=0, description="Unfinished (queued, running, paused) jobs per tenant (429 past it)."
+    )
+    max_files_per_tenant: int = Field(
+        100, ge=0, description="Stored (not deleted, not expired) files per tenant (429 past it)."
+    )
+    max_stored_bytes_per_tenant: int = Field(
+        10 * 1024**3, ge=0, description="Bytes of stored files per tenant (429 past it)."
+    )
+    max_trained_tokens_per_month: int = Field(
+        100_000_000,
+        ge=0,
+        description="Tokens a tenant's jobs may train per calendar month (UTC), counting "
+        "finished jobs' trained_tokens and unfinished jobs' estimates (429 past it).",
+    )
+    max_job_tokens: int = Field(
+        50_000_000,
+        ge=0,
+        description="Largest single job, in estimated trained tokens (bytes / 4 x epochs); 400.",
+    )
+    max_job_wall_clock_s: int = Field(
+        24 * 3600,
+        ge=0,
+        description="Running time after which a job stops at a checkpoint and fails with "
+        "code wall_clock_limit (summed over attempts).",
+    )
+
+    # Rate limits and the polling path.
+    rate_limit_rps: float = Field(
+        20.0, ge=0, description="Requests per second per API key, sustained (0 = off)."
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="Requests per API key in a burst.")
+    rate_limit_backend: str = Field(
+        "auto",
+        pattern="^(auto|redis|database)$",
+        description="Where the token buckets live: 'redis' (the broker's Redis), 'database' "
+        "(the rate_buckets table), or 'auto' (redis when the broker is Redis).",
+    )
+    auth_cache_ttl_s: float = Field(
+        2.0,
+        ge=0,
+        description="API processes cache key -> tenant this long; a revoked key stops working "
+        "within it (0 = no cache).",
+    )
+
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -64,6 +64,8 @@ class Tenant(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     # Set while the provider has suspended the tenant: its keys get 403 on /v1.
     suspended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Fair scheduling: when a worker last claimed one of this tenant's jobs (round-robin).
+    last_claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ApiKey(Base):
@@ -144,7 +146,11 @@ class Model(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_tenant_request", "tenant_id", "request_hash"),)
+    __table_args__ = (
+        Index("ix_jobs_tenant_request", "tenant_id", "request_hash"),
+        # The fair claim counts running and queued jobs per tenant.
+        Index("ix_jobs_status_tenant", "status", "tenant_id"),
+    )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftjob"))
@@ -194,6 +200,10 @@ class Job(Base):
     env_retries: Mapped[int] = mapped_column(Integer, default=0)
     # The policy and settings the job started with; every resume trains with these.
     run_config: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # Quotas: tokens estimated at create, running time summed over attempts, and its limit.
+    estimated_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    running_s: Mapped[float] = mapped_column(Float, default=0.0)
+    wall_clock_limit_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class JobEvent(Base):
@@ -309,3 +319,13 @@ class LineReview(Base):
     decision: Mapped[str] = mapped_column(String(16))  # harmful | benign
     api_key_id: Mapped[str] = mapped_column(String(64))
     decided_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class RateBucket(Base):
+    """A token bucket per API key, for the embedded default (production keeps them in Redis)."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

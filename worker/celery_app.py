@@ -22,10 +22,12 @@ from celery import Celery, signals
 
 from core.config import get_settings
 from core.queue import MAINTENANCE_QUEUE, TASK_SWEEP, TRAINING_QUEUE, make_celery
-from worker import preemption
+from worker import (
+    preemption,
+    registry,  # noqa: F401  (connects the worker-registry signal handlers)
+)
 
 WORKER_POOL = "solo"
-from worker import registry  # noqa: F401  (connects the worker-registry signal handlers)
 
 
 def create_worker_app() -> Celery:

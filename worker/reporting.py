@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.db import session_scope
 from core.models import Checkpoint, Job, now
+from core.quotas import charge_running_time, wall_clock_message
 from worker import preemption
 from worker.errors import TRANSIENT_ERRORS, ClaimLost, JobStopped, Preempted
 from worker.observability import observe_step
@@ -68,6 +69,8 @@ class JobReporter:
         self._keep = 3
         self._every = 0
         self._assess: Assess | None = None
+        self._charged_at = time.monotonic()  # running time is charged from the claim on
+        self.wall_clock_limit_s: int | None = None  # set when the job ran past its limit
 
     # -- liveness ---------------------------------------------------------------------------------
     @contextmanager
@@ -192,12 +195,26 @@ class JobReporter:
         ):
             self._last_check = time.monotonic()
             self._check()
+            if self.ownership == jobs.Ownership.OWNED:
+                with session_scope(self.factory) as session:
+                    self._over_wall_clock(session)
         self._raise_if_lost()
-        return self.ownership != jobs.Ownership.OWNED
+        return self.ownership != jobs.Ownership.OWNED or self.wall_clock_limit_s is not None
 
     def _raise_if_lost(self) -> None:
         if self.ownership == jobs.Ownership.LOST:
             raise ClaimLost(f"job {self.claim.job_id} is no longer this worker's")
+
+    def _over_wall_clock(self, session: Session) -> bool:
+        """Charge the running time since the last check; past the job's limit, stop (fit
+        checkpoints first) and ``record_stop`` fails the job with ``wall_clock_limit``."""
+        charged_at, self._charged_at = self._charged_at, time.monotonic()
+        running, limit = charge_running_time(
+            session, self.claim.job_id, self._charged_at - charged_at
+        )
+        if limit is not None and running >= limit:
+            self.wall_clock_limit_s = limit
+        return self.wall_clock_limit_s is not None
 
     def on_checkpoint(self, info: Any) -> None:
         step = int(info.step)
@@ -331,6 +348,12 @@ class JobReporter:
         evaluation, not by the loop) names the last step trained."""
         step = step if step is not None else self._step
         where = f" at step {step}" if step is not None else ""
+        if self.wall_clock_limit_s is not None:
+            message = wall_clock_message(limit_s=self.wall_clock_limit_s, step=step)
+            with session_scope(self.factory) as session:
+                if jobs.fail(session, self.claim, code="wall_clock_limit", message=message):
+                    jobs.add_event(session, self._job(session), message, level="error")
+            return
         with session_scope(self.factory) as session:
             job = self._job(session)
             if job.status == jobs.JobStatus.CANCELLED:

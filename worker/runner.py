@@ -33,6 +33,7 @@ from core.config import Settings
 from core.db import session_factory, session_scope
 from core.models import Job, now
 from core.queue import make_celery, send_run_job
+from core.scheduling import claim_next, next_for_tenant
 from core.storage import ArtifactStore, job_dir_key
 from worker import preemption
 from worker.alignment import release_aligned_row, run_alignment
@@ -57,10 +58,15 @@ Send = Callable[[str, str], object]
 def run_job(job_id: str, *, settings: Settings, worker_id: str, send: Send | None = None) -> None:
     factory = session_factory(settings.resolved_database_url)
     with session_scope(factory) as session:
-        claim = jobs.claim(session, job_id, worker_id)
+        # Fair scheduling: the message is a slot; the fairest queued job of its kind runs.
+        claim = claim_next(session, worker_id, settings=settings, preferred=job_id)
     if claim is None:
-        log.info("job %s: not claimable now (duplicate, cancelled or deferred); skipping", job_id)
+        log.info("job %s: nothing claimable (duplicate, cancelled or at limits); skipping", job_id)
         return
+    if claim.job_id != job_id:
+        log.info("job %s: running the fairer queued job %s instead", job_id, claim.job_id)
+    job_id = claim.job_id
+
     send = send or _default_sender(settings)
     store = ArtifactStore(settings.resolved_artifacts_dir)
     reporter = JobReporter(factory, claim, interval_s=settings.heartbeat_interval_s)
@@ -79,6 +85,7 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str, send: Send | Non
     finally:
         if kind == ALIGNMENT_KIND:
             _after_alignment(factory, job_id=job_id, settings=settings, send=send)
+        _send_tenant_next(factory, job_id=job_id, send=send)
 
 
 def settle(
@@ -163,6 +170,24 @@ def _after_alignment(
         release_aligned_row(factory, job_id=job_id, settings=settings, send=send)
     except Exception:  # noqa: BLE001 - the sweeper re-sends waiting jobs; never mask the job's error
         log.warning("alignment %s: could not release its model row", job_id, exc_info=True)
+
+
+def _send_tenant_next(factory: sessionmaker[Session], *, job_id: str, send: Send) -> None:
+    """A slot of this job's tenant may have freed up: re-send its next queued job, whose own
+    message may have been used up while the tenant was at its running limit."""
+    try:
+        with session_scope(factory) as session:
+            tenant_id, kind, status = session.execute(
+                select(Job.tenant_id, Job.kind, Job.status).where(Job.id == job_id)
+            ).one()
+            # Not after a job went back to queued (waiting, released): it has its own message.
+            next_id = None
+            if status != jobs.JobStatus.QUEUED:
+                next_id = next_for_tenant(session, tenant_id, kind=kind)
+        if next_id is not None:
+            send(next_id, kind)
+    except Exception:  # noqa: BLE001 - the sweeper re-sends queued jobs anyway
+        log.warning("job %s: could not re-send its tenant's next job", job_id, exc_info=True)
 
 
 def _default_sender(settings: Settings) -> Send:

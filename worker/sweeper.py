@@ -11,6 +11,7 @@
 - Screening is recovered like jobs: a file whose screening worker went silent goes back to
   ``queued`` and is sent again (failed after ``screening_max_attempts``); a file still ``queued``
   ``stale_after_s`` after its upload or last re-send is sent again.
+- An expired file's bytes are deleted (``core.retention``), its row kept and marked deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from core import jobs, screening
 from core.config import Settings
 from core.db import session_factory, session_scope
 from core.models import now
+from core.retention import purge_expired
+from core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ def sweep(
                 session, older_than=cutoff, max_attempts=settings.screening_max_attempts
             )
             files += screening.lost_queued(session, older_than=cutoff)
+        purged = purge_expired(session, ArtifactStore(settings.resolved_artifacts_dir))
+        if purged:
+            log.info("sweeper: deleted the bytes of %d expired file(s)", len(purged))
     for job_id, kind in to_send:
         log.info("sweeper: sending job %s", job_id)
         send(job_id, kind)

@@ -21,14 +21,16 @@ from api.admin.schemas import (
     TenantRead,
 )
 from api.deps import AdminKey, QueueDep, SessionDep, SettingsDep, admin_key
-from api.errors import responses
+from api.errors import NotFound, responses
 from api.jobs import service as jobs_service
 from api.jobs.schemas import CheckpointList, CheckpointRead, JobList, JobRead, JobStatusName
 from api.models.schemas import ModelRead
 from api.models.service import model_read
 from api.pagination import page_of
+from api.usage import UsageRead
 from core.alignments import alignment_progress
 from core.models import Job, Model
+from core.usage import usage_by_name
 
 # The dependency sits on the router, so a route added here later cannot forget it.
 router = APIRouter(
@@ -144,10 +146,13 @@ def list_tenants(
 @router.patch(
     "/tenants/{tenant_name}",
     response_model=TenantRead,
-    summary="Set a tenant's release policy",
+    summary="Set a tenant's release policy, quotas and priority",
     description=(
         "`safety_gate_margin`: how far a checkpoint's harmful score may rise above its starting "
-        "model's and still be deployable. Null removes it (the server's setting applies)."
+        "model's and still be deployable. Quotas (`max_running_jobs`, `max_queued_jobs`, "
+        "`max_files`, `max_stored_bytes`, `max_trained_tokens_per_month`, `max_job_tokens`, "
+        "`max_job_wall_clock_s`; 0 is unlimited) and the fair-scheduling `priority` override "
+        "the server's settings. Null removes a key (the server's setting applies)."
     ),
     responses=responses(400, 404),
 )
@@ -165,6 +170,24 @@ def update_tenant_policy(
         detail={"patch": body.policy.model_dump(exclude_unset=True), "policy": row.policy},
     )
     return TenantRead.from_row(row)
+
+
+@router.get(
+    "/tenants/{tenant_name}/usage",
+    response_model=UsageRead,
+    summary="A tenant's usage and limits",
+    description="What the tenant sees at GET /v1/usage.",
+    responses=responses(404),
+)
+def tenant_usage(
+    tenant_name: Annotated[str, Path(description="The tenant's name.", max_length=128)],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> UsageRead:
+    found = usage_by_name(session, tenant_name, settings=settings)
+    if found is None:
+        raise NotFound(f"No such tenant: {tenant_name[:128]!r}", param="tenant_name")
+    return UsageRead(**found)
 
 
 @router.post(

@@ -108,6 +108,26 @@ ALIGNMENT_RANGES: dict[str, Range] = {
 
 TAU_RANGE = Range(False, 0, 100, low_open=True)
 MARGIN_RANGE = Range(False, 0, 1)
+PRIORITY_RANGE = Range(False, 0, 100, low_open=True)
+QUOTA_RANGES: dict[str, Range] = {
+    name: Range(True, 0, 2**62)
+    for name in (
+        "max_running_jobs",
+        "max_queued_jobs",
+        "max_files",
+        "max_stored_bytes",
+        "max_trained_tokens_per_month",
+        "max_job_tokens",
+        "max_job_wall_clock_s",
+    )
+}
+
+
+def _quota(name: str, what: str) -> Any:
+    return Field(
+        None,
+        description=f"{what}; an integer, 0 (unlimited) or more; default: the server's setting.",
+    )
 
 
 def _described(name: str, what: str) -> Any:
@@ -260,7 +280,8 @@ class ModelPolicyUpdate(BaseModel):
 
 
 class TenantPolicy(BaseModel):
-    """A tenant's release policy; same PATCH rules as a model's."""
+    """A tenant's release policy, quotas and scheduling priority; same PATCH rules as a
+    model's."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -274,6 +295,36 @@ class TenantPolicy(BaseModel):
     @classmethod
     def _margin(cls, v: Any) -> Any:
         return MARGIN_RANGE.check("invalid_policy", "safety_gate_margin", v)
+
+    # Quotas (core/quotas.py): each overrides the server's setting of the same meaning; 0 is
+    # unlimited, null removes the override.
+    max_running_jobs: int | None = _quota("max_running_jobs", "Jobs running at once")
+    max_queued_jobs: int | None = _quota("max_queued_jobs", "Queued jobs")
+    max_files: int | None = _quota("max_files", "Stored files")
+    max_stored_bytes: int | None = _quota("max_stored_bytes", "Bytes of stored files")
+    max_trained_tokens_per_month: int | None = _quota(
+        "max_trained_tokens_per_month", "Trained tokens per calendar month (UTC)"
+    )
+    max_job_tokens: int | None = _quota("max_job_tokens", "Estimated trained tokens of one job")
+    max_job_wall_clock_s: int | None = _quota(
+        "max_job_wall_clock_s", "Running seconds of one job before it stops at a checkpoint"
+    )
+    priority: float | None = Field(
+        None,
+        description="Fair-scheduling weight: a tenant with priority 2 gets twice the running "
+        "jobs of a tenant with 1 when both have jobs queued; greater than 0, at most 100 "
+        "(default 1).",
+    )
+
+    @field_validator(*QUOTA_RANGES, mode="before")
+    @classmethod
+    def _quotas(cls, v: Any, info: ValidationInfo) -> Any:
+        return QUOTA_RANGES[str(info.field_name)].check("invalid_policy", str(info.field_name), v)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: Any) -> Any:
+        return PRIORITY_RANGE.check("invalid_policy", "priority", v)
 
 
 class TenantPolicyUpdate(BaseModel):

@@ -20,6 +20,7 @@ from api.files.schemas import (
 )
 from api.files.upload import receive_into_store, run_with_body
 from api.pagination import page_of
+from api.quotas import check_stored_upload, upload_quota
 from core.datasets import DatasetLimits
 from core.models import new_id
 from core.storage import file_key
@@ -39,7 +40,7 @@ FileId = Annotated[str, Path(description="The file's id (file-…).", max_length
         "file is then screened for harmful examples in the background (`safety_status`; "
         "GET /v1/files/{id}/safety_report); it is usable for training meanwhile."
     ),
-    responses=responses(400, 401, 413),
+    responses=responses(400, 401, 413, 429),
     openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
 )
 async def upload_file(
@@ -51,6 +52,8 @@ async def upload_file(
     queue: QueueDep,
 ) -> FileRead:
     tenant_id = key.tenant_id
+    declared = int(request.headers.get("content-length") or 0)
+    await run_in_threadpool(lambda: upload_quota(session, settings, tenant_id, declared))
     # Give the connection used for authentication back to the pool: an upload can take minutes
     # and must not hold a database connection (or a transaction) while the bytes arrive.
     await run_in_threadpool(session.close)
@@ -66,6 +69,16 @@ async def upload_file(
             limits=DatasetLimits.from_settings(settings),
             max_file_bytes=settings.max_upload_bytes,
         ),
+    )
+    await run_in_threadpool(
+        lambda: check_stored_upload(
+            session=session,
+            settings=settings,
+            store=store,
+            tenant_id=tenant_id,
+            storage_key=storage_key,
+            size=upload.size,
+        )
     )
     row = await run_in_threadpool(
         lambda: service.record_upload(

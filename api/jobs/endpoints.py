@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentKey, QueueDep, SessionDep, SettingsDep, StoreDep
 from api.errors import BadRequest, ErrorResponse, responses
@@ -65,9 +66,11 @@ def metadata_filter(request: Request) -> dict[str, str]:
     description=(
         "Validates the model, files and hyperparameters, stores the job as `queued` and sends it "
         "to the workers. Identical requests (same body and `Idempotency-Key`, if any) within the "
-        "idempotency window return the job already created instead of a second one."
+        "idempotency window return the job already created instead of a second one. Over a "
+        "quota (queued jobs, trained tokens this month) the answer is 429 with Retry-After; a "
+        "job larger than max_job_tokens is a 400."
     ),
-    responses=responses(400, 401),
+    responses=responses(400, 401, 429),
 )
 def create_job(
     body: JobCreate,
@@ -129,10 +132,20 @@ def list_jobs(
     summary="Retrieve a fine-tuning job",
     responses=responses(401, 404),
 )
-def get_job(fine_tuning_job_id: JobId, key: CurrentKey, session: SessionDep) -> JobRead:
-    return JobRead.from_row(
-        service.get_job(session=session, tenant_id=key.tenant_id, job_id=fine_tuning_job_id)
-    )
+async def get_job(fine_tuning_job_id: JobId, key: CurrentKey, session: SessionDep) -> Response:
+    # The polling hot path: one trip to the thread pool (query, serialise, give the connection
+    # back), and the JSON written once by pydantic instead of FastAPI validating the JobRead
+    # against response_model again and encoding it with json.dumps.
+    def read() -> bytes:
+        try:
+            row = service.get_job(
+                session=session, tenant_id=key.tenant_id, job_id=fine_tuning_job_id
+            )
+            return JobRead.from_row(row).model_dump_json().encode()
+        finally:
+            session.close()
+
+    return Response(await run_in_threadpool(read), media_type="application/json")
 
 
 @router.post(

@@ -21,6 +21,7 @@ from api.ids import is_model_name, is_object_id
 from api.jobs.schemas import AUTO, Hyperparameters, JobCreate
 from api.pagination import cursor_seq, fetch_page
 from core import jobs as lifecycle
+from core import quotas
 from core.alignments import ALIGNMENT_KIND
 from core.config import Settings
 from core.model_status import ModelStatus, release_pending
@@ -208,6 +209,15 @@ def create_job(
             )
 
     served, defense = job_defense(session, model=model, settings=settings)
+    resolved = resolve_hyperparameters(requested, n_examples=training.n_examples, settings=settings)
+    limits = quotas.tenant_limits(session, tenant_id, settings=settings)
+    estimated = quotas.estimate_tokens(
+        file_bytes=training.bytes,
+        n_examples=training.n_examples,
+        n_epochs=int(resolved["n_epochs"]),
+        max_seq_len=settings.max_seq_len,
+    )
+    quotas.check_job_create(session, tenant_id=tenant_id, limits=limits, estimated_tokens=estimated)
     job = Job(
         tenant_id=tenant_id,
         model=model.id,
@@ -215,9 +225,9 @@ def create_job(
         validation_file=body.validation_file,
         status=lifecycle.JobStatus.QUEUED,
         hyperparameters=requested.model_dump(mode="json"),
-        resolved_hyperparameters=resolve_hyperparameters(
-            requested, n_examples=training.n_examples, settings=settings
-        ),
+        resolved_hyperparameters=resolved,
+        estimated_tokens=estimated,
+        wall_clock_limit_s=limits.max_job_wall_clock_s or None,
         method="supervised",
         defense=defense.method,
         defense_params=defense.params,

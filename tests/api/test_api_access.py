@@ -39,7 +39,7 @@ def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 def test_every_route_needs_a_key(app: FastAPI, client: TestClient) -> None:
     routes = protected_routes(app)
-    assert len(routes) == 40
+    assert len(routes) == 42  # worker +1, dashadm +11, quotas +2 (usage)
     for method, path in routes:
         for headers in (
             {},
@@ -57,13 +57,22 @@ def test_every_route_needs_a_key(app: FastAPI, client: TestClient) -> None:
 def test_revoked_key_is_refused(
     client: TestClient, keys: Keys, session_factory: sessionmaker[Session]
 ) -> None:
+    import time
+
+    from api.authcache import KeyCache
     from core.models import ApiKey
 
+    ttl = 0.5
+    client.app.state.key_cache = KeyCache(ttl_s=ttl)  # type: ignore[attr-defined]
     assert client.get("/v1/files", headers=auth(keys.b)).status_code == 200
     with session_factory() as session:
         session.execute(update(ApiKey).values(revoked_at=1))
         session.commit()
+    # Documented: an API process may accept a revoked key for up to FTAAS_AUTH_CACHE_TTL_S.
+    assert client.get("/v1/files", headers=auth(keys.b)).status_code == 200
+    time.sleep(ttl + 0.1)
     assert client.get("/v1/files", headers=auth(keys.b)).status_code == 401
+    assert client.get("/v1/files", headers=auth(keys.a)).status_code == 401  # never cached
 
 
 def test_healthz_needs_no_key(client: TestClient) -> None:
@@ -199,6 +208,7 @@ ADMIN_ROUTES = [
     ("PATCH", f"/admin/models/{BASE_MODEL}"),
     ("GET", "/admin/tenants"),
     ("PATCH", "/admin/tenants/alpha"),
+    ("GET", "/admin/tenants/alpha/usage"),
     ("POST", "/admin/alignments"),
     ("GET", "/admin/alignments"),
     ("GET", "/admin/alignments/ftjob-x"),
