@@ -41,6 +41,20 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(1024 * 1024, description="Longest accepted JSONL line.")
     max_lines: int = Field(100_000, description="Most examples in one training file.")
     min_examples: int = Field(10, description="Fewest examples in a training file.")
+    max_trained_turns: int = Field(
+        64,
+        ge=1,
+        description="Most trained assistant turns in one example (line); each becomes a "
+        "training sample, so this bounds the work one line can cause.",
+    )
+    max_example_chars: int = Field(
+        262_144,
+        ge=1,
+        description="Most characters of message content in one example (line).",
+    )
+    max_json_depth: int = Field(
+        64, ge=2, description="Deepest nesting of a JSON request body or training line."
+    )
     max_reported_errors: int = Field(
         200, description="Invalid lines listed in a file's status_details."
     )

@@ -269,7 +269,10 @@ def _train(
         torch.set_num_threads(settings.worker_threads)
 
     limits = DatasetLimits.from_settings(settings)
-    data = training_set(iter_examples(store.read_stream(plan.training_key), limits))
+    data = training_set(
+        iter_examples(store.read_stream(plan.training_key), limits),
+        max_seq_len=settings.max_seq_len,
+    )
     if not data.examples:
         raise JobError(
             "invalid_training_file", "The training file has no valid examples.", "training_file"
@@ -277,7 +280,8 @@ def _train(
     validation = []
     if plan.validation_key is not None:
         validation = training_set(
-            iter_examples(store.read_stream(plan.validation_key), limits)
+            iter_examples(store.read_stream(plan.validation_key), limits),
+            max_seq_len=settings.max_seq_len,
         ).examples
     defense = plan.defense
     guide = []
