@@ -16,8 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.jsontext import UnstorableText
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,17 @@ def install_error_handlers(app: FastAPI) -> None:
             400, "A value in the request cannot be processed.", code="invalid_value"
         )
 
+    async def on_statement_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StatementError)
+        if isinstance(exc.orig, UnstorableText):  # core.jsontext refused it: nothing stored
+            return error_response(400, f"{exc.orig}.", code="invalid_unicode")
+        if isinstance(exc, DataError):
+            return await on_data_error(request, exc)
+        return await on_unexpected(request, exc)
+
+    async def on_unstorable(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(400, f"{exc}.", code="invalid_unicode")
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
@@ -214,6 +227,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(DataError, on_data_error)
+    app.add_exception_handler(StatementError, on_statement_error)
+    app.add_exception_handler(UnstorableText, on_unstorable)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.files.endpoints import router as files_router
 from api.health import router as health_router
 from api.jobs.endpoints import router as jobs_router
+from api.json_guard import JsonGuard
 from api.limits import BodySizeLimit
 from api.models.endpoints import router as models_router
 from api.queue import QueueClient
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_secret = _cached(settings.resolved_key_secret)
 
     install_error_handlers(app)
+    # Added first, so it runs inside the size cap: it reads bodies already capped.
+    app.add_middleware(JsonGuard, max_depth=settings.max_json_depth)
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
 
     v1 = APIRouter(prefix="/v1")
