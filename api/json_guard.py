@@ -81,8 +81,8 @@ class JsonGuard:
         body = b"".join(chunks)
         problem = body_problem(body, max_depth=self.max_depth)
         if problem is not None:
-            message = problem.message[0].upper() + problem.message[1:] + "."
-            response = error_response(400, message, param=problem.path, code=problem.code)
+            text = problem.message[0].upper() + problem.message[1:] + "."
+            response = error_response(400, text, param=problem.path, code=problem.code)
             await response(scope, receive, send)
             return
         replayed = False

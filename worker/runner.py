@@ -46,7 +46,13 @@ from core.config import Settings
 from core.datasets import DatasetLimits, iter_examples
 from core.db import session_factory, session_scope
 from core.models import File, Job, JobEvent, Model, Tenant
-from core.policy import Defense, gate_decision, gate_margin, resolve_defense, resolve_served_model
+from core.policy import (
+    Defense,
+    ReleaseGate,
+    release_gate,
+    resolve_defense,
+    resolve_served_model,
+)
 from core.queue import make_celery, send_run_job
 from core.storage import ArtifactStore, file_key, job_dir_key
 from worker.alignment import AlignmentError, lisa_guide, release_aligned_row
@@ -81,7 +87,7 @@ class JobPlan:
     served_model: str = ""
     defense: Defense = field(default_factory=lambda: Defense("sft"))
     validation_key: str | None = None
-    gate_margin: float = 0.0
+    gate: ReleaseGate = field(default_factory=lambda: ReleaseGate(margin=0.0, ceiling=0.0))
     start_safety: dict[str, Any] | None = None
     served_safety: dict[str, Any] | None = None
 
@@ -215,7 +221,7 @@ def _plan(
         served_model=served.model_id,
         defense=defense,
         validation_key=(validation.storage_key or file_key(validation.id)) if validation else None,
-        gate_margin=gate_margin(tenant, settings=settings),
+        gate=release_gate(tenant, settings=settings),
         start_safety=start,
         served_safety=served_row.safety if served_row is not None else None,
     )
@@ -330,15 +336,21 @@ def _train(
 
     evaluator = SafetyEvaluator(settings, validation=validation, max_seq_len=settings.max_seq_len)
     start = _start_safety(plan, evaluator, model, tokenizer, settings=settings, reporter=reporter)
-    job_safety: dict[str, Any] = {"start": start, "margin": plan.gate_margin}
+    gate = plan.gate
+    job_safety: dict[str, Any] = {"start": start, "margin": gate.margin, "ceiling": gate.ceiling}
+    warning = gate.unaligned_warning(
+        aligned=source.is_aligned, start_harmful_score=float(start["harmful_score"])
+    )
+    if warning:
+        job_safety["unaligned_warning"] = warning
+        reporter.message(warning, level="warn", data={"unaligned_warning": True})
     reporter.record(safety=job_safety)
 
     def assess(step: int) -> tuple[dict[str, Any], bool | None]:
         scores = evaluator.evaluate(model, tokenizer)
-        message = gate_decision(
+        message = gate.decide(
             harmful_score=float(scores["harmful_score"]),
             start_harmful_score=float(start["harmful_score"]),
-            margin=plan.gate_margin,
         )
         return scores, message is None
 
@@ -370,16 +382,15 @@ def _train(
     final, _ = reporter.checkpoint_safety(result.step)
     if final is None:
         final = evaluator.evaluate(model, tokenizer)
-    gate = gate_decision(
+    verdict = gate.decide(
         harmful_score=float(final["harmful_score"]),
         start_harmful_score=float(start["harmful_score"]),
-        margin=plan.gate_margin,
     )
     job_safety.update(
         final=final,
-        threshold=round(float(start["harmful_score"]) + plan.gate_margin, 6),
-        deployable=gate is None,
-        gate=gate,
+        threshold=round(gate.threshold(float(start["harmful_score"])), 6),
+        deployable=verdict is None,
+        gate=verdict,
     )
     flagged = None
     if defense.method == "antibody":
@@ -397,8 +408,8 @@ def _train(
             data={"flagged_lines": len(flagged)},
         )
     reporter.record(safety=job_safety, flagged_lines=flagged)
-    if gate is not None:
-        raise JobError("safety_gate", f"The fine-tuned model is not deployable: {gate}.")
+    if verdict is not None:
+        raise JobError("safety_gate", f"The fine-tuned model is not deployable: {verdict}.")
     reporter.succeed(fine_tuned_model=name, trained_tokens=int(result.trained_tokens))
 
 

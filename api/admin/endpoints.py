@@ -119,7 +119,8 @@ def list_tenants(
     summary="Set a tenant's release policy",
     description=(
         "`safety_gate_margin`: how far a checkpoint's harmful score may rise above its starting "
-        "model's and still be deployable. Null removes it (the server's setting applies)."
+        "model's and still be deployable; `safety_gate_max_harmful`: the highest harmful score "
+        "any deployable checkpoint may have. Null removes a key (the server's setting applies)."
     ),
     responses=responses(400, 404),
 )

@@ -270,10 +270,16 @@ class TenantPolicy(BaseModel):
         "model's and still be deployable; default: the server's safety_gate_margin.",
     )
 
-    @field_validator("safety_gate_margin", mode="before")
+    safety_gate_max_harmful: float | None = Field(
+        None,
+        description="The highest harmful score (0 to 1) a deployable checkpoint may have; "
+        "default: the server's safety_gate_max_harmful.",
+    )
+
+    @field_validator("safety_gate_margin", "safety_gate_max_harmful", mode="before")
     @classmethod
-    def _margin(cls, v: Any) -> Any:
-        return MARGIN_RANGE.check("invalid_policy", "safety_gate_margin", v)
+    def _margin(cls, v: Any, info: ValidationInfo) -> Any:
+        return MARGIN_RANGE.check("invalid_policy", str(info.field_name), v)
 
 
 class TenantPolicyUpdate(BaseModel):
