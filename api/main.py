@@ -21,6 +21,7 @@ from api.models.endpoints import router as models_router
 from api.queue import QueueClient
 from core.config import Settings, get_settings
 from core.db import session_factory
+from core.private import private_dir, restrict_umask
 from core.storage import ArtifactStore
 
 DESCRIPTION = """\
@@ -72,6 +73,8 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    restrict_umask()  # uploads and everything else under FTAAS_HOME owner-only (core/private.py)
+    private_dir(settings.resolved_home)
     app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.session_factory = session_factory(settings.resolved_database_url)

@@ -219,11 +219,10 @@ class Settings(BaseSettings):
         if not path.exists():
             import secrets
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
-            tmp.replace(path)
+            from core.private import create_private, private_dir
+
+            private_dir(path.parent)
+            create_private(path, secrets.token_hex(32))  # 0600 from the start; first writer wins
         return path.read_text().strip().encode()
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import jsontext
+from core.private import private_sqlite_file
 
 
 def make_engine(url: str) -> Engine:
@@ -24,8 +24,7 @@ def make_engine(url: str) -> Engine:
             max_overflow=20,
             json_serializer=jsontext.dumps,  # a row that could not be read back is never stored
         )
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    private_sqlite_file(parsed.database)  # 0600 before SQLite creates it (and its -wal, -shm)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},

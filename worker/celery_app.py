@@ -8,11 +8,14 @@ from __future__ import annotations
 from celery import Celery
 
 from core.config import get_settings
+from core.private import private_dir, restrict_umask
 from core.queue import MAINTENANCE_QUEUE, TASK_SWEEP, TRAINING_QUEUE, make_celery
 
 
 def create_worker_app() -> Celery:
+    restrict_umask()  # checkpoints, adapters, the beat schedule: owner-only (core/private.py)
     settings = get_settings()
+    private_dir(settings.resolved_home)
     app = make_celery(settings)
     app.conf.update(
         worker_concurrency=1,  # one job per GPU
