@@ -171,6 +171,18 @@ class Settings(BaseSettings):
         description="Upload screening flags a line whose likelihood ratio (completion vs refusal, "
         "mean token log-probability) is below this.",
     )
+    max_screening_lines: int = Field(
+        10_000,
+        ge=1,
+        description="Upload screening scores at most this many lines (the first ones) of a file; "
+        "its report then says `truncated`.",
+    )
+    screening_time_limit_s: float = Field(
+        900.0,
+        gt=0,
+        description="Upload screening stops after this many seconds with the lines scored so "
+        "far; its report then says `partial`.",
+    )
     flagged_lines_top_k: int = Field(50, description="Most down-weighted lines marked on a job.")
     flag_relative_weight: float = Field(
         0.5, description="A line is marked when its mean weight is below this share of its batch's."

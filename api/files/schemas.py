@@ -71,6 +71,14 @@ class ScreeningSummary(BaseModel):
     lines: int | None = Field(None, description="Examples scored.")
     flagged: int | None = Field(None, description="Examples flagged.")
     mean_score: float | None = Field(None, description="Mean likelihood ratio over the file.")
+    truncated: bool | None = Field(
+        None, description="True when the file has more lines than FTAAS_MAX_SCREENING_LINES."
+    )
+    partial: bool | None = Field(
+        None,
+        description="True when screening hit FTAAS_SCREENING_TIME_LIMIT_S and scored only the "
+        "first `lines` lines.",
+    )
 
 
 class FlaggedExample(BaseModel):
