@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import select, update
@@ -115,12 +115,14 @@ def screen_file(file_id: str, *, settings: Settings) -> dict[str, Any] | None:
 
 
 def first_lines(
-    lines: Generator[tuple[int, Messages]], limit: int
+    lines: Iterator[tuple[int, Messages]], limit: int
 ) -> tuple[list[tuple[int, Messages]], bool]:
     """The first ``limit`` accepted lines, and whether there were more (nothing more is read)."""
     kept = list(itertools.islice(lines, limit))
     more = next(lines, None) is not None
-    lines.close()  # closes the stored file now
+    close = getattr(lines, "close", None)
+    if close is not None:
+        close()  # a generator over the stored file: close it now
     return kept, more
 
 
