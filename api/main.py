@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from api.admin.endpoints import router as admin_router
 from api.errors import install_error_handlers
@@ -18,6 +17,7 @@ from api.jobs.endpoints import router as jobs_router
 from api.json_guard import JsonGuard
 from api.limits import BodySizeLimit
 from api.models.endpoints import router as models_router
+from api.openapi_doc import build_openapi
 from api.queue import QueueClient
 from core.config import Settings, get_settings
 from core.db import session_factory
@@ -48,24 +48,11 @@ def _cached(fn: Callable[[], bytes]) -> Callable[[], bytes]:
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """FastAPI documents a 422 on every route; this API answers bad input with a 400 envelope
-    instead, so the 422 entries and their schemas are dropped from the document."""
+    """The document is built once (``api.openapi_doc``: every implied error status added)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            for path in schema.get("paths", {}).values():
-                for operation in path.values():
-                    operation.get("responses", {}).pop("422", None)
-            components = schema.get("components", {}).get("schemas", {})
-            components.pop("HTTPValidationError", None)
-            components.pop("ValidationError", None)
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     return build
