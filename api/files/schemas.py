@@ -151,6 +151,13 @@ UPLOAD_REQUEST_BODY = {
                         "maximum": 2592000,
                     },
                 },
+                # What the API enforces (api/files/service.py): no other field, and an expiry
+                # needs both its anchor and its seconds.
+                "additionalProperties": False,
+                "dependentRequired": {
+                    "expires_after[anchor]": ["expires_after[seconds]"],
+                    "expires_after[seconds]": ["expires_after[anchor]"],
+                },
             }
         }
     },
