@@ -52,6 +52,7 @@ def test_lone_surrogate_in_metadata_is_refused_and_the_tenant_stays_readable(
     assert client.post(f"{JOBS}/{job_id}/cancel", headers=auth(keys.a)).status_code == 200
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # input checks, before any storage
 @pytest.mark.parametrize(
     ("fragment", "param"),
     [
@@ -70,6 +71,7 @@ def test_lone_surrogate_anywhere_names_the_field(
     assert response.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # input checks, before any storage
 def test_a_paired_surrogate_escape_is_fine(
     client: TestClient, keys: Keys, training_file: str
 ) -> None:
@@ -79,6 +81,7 @@ def test_a_paired_surrogate_escape_is_fine(
     assert response.json()["metadata"] == {"emoji": "\U0001f600"}
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # input checks, before any storage
 @pytest.mark.parametrize("depth", [65, 450, 200_000])
 def test_deep_nesting_is_refused(client: TestClient, keys: Keys, depth: int) -> None:
     body = '{"model": "m", "training_file": "f", "metadata": ' + "[" * depth + "]" * depth + "}"
