@@ -28,7 +28,7 @@ from tests.api.helpers import BASE_MODEL, Keys, chat_jsonl
 
 pytestmark = [pytest.mark.conformance, pytest.mark.timeout(300)]
 
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 6
 SEED = 13
 CHECKS = (
     "not_a_server_error",
