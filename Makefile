@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck imports pytest services bench-ingest bench-api bench-defense bench-overhead bench-faults bench-dashboard clean
+.PHONY: install serve test lint typecheck imports pytest conformance services bench-ingest bench-api bench-defense bench-overhead bench-faults bench-dashboard clean
 
 install: $(STAMP)
 
@@ -30,7 +30,12 @@ imports: install
 pytest: install services
 	$(BIN)/pytest -q
 
-# The whole check CI runs: format, lint, types, import rules, tests.
+# Schemathesis against the live API, once with a user key and once with an admin key (also part
+# of `make pytest`; this target runs it alone).
+conformance: install
+	$(BIN)/pytest -q -m conformance
+
+# The whole check CI runs: format, lint, types, import rules, tests (conformance included).
 test: lint typecheck imports pytest
 
 bench-ingest: install

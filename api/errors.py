@@ -16,9 +16,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.jsontext import UnstorableText
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +214,11 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            methods = allowed_methods(request)
+            if methods:
+                headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+                headers["allow"] = ", ".join(methods)
         return error_response(exc.status_code, message, code=code, headers=headers)
 
     async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
@@ -227,6 +240,17 @@ def install_error_handlers(app: FastAPI) -> None:
             "The service's database is unreachable; retry after a few seconds."
         ).response()
 
+    async def on_statement_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StatementError)
+        if isinstance(exc.orig, UnstorableText):  # core.jsontext refused it: nothing stored
+            return error_response(400, f"{exc.orig}.", code="invalid_unicode")
+        if isinstance(exc, DataError):
+            return await on_data_error(request, exc)
+        return await on_unexpected(request, exc)
+
+    async def on_unstorable(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(400, f"{exc}.", code="invalid_unicode")
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
@@ -242,22 +266,44 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DataError, on_data_error)
     for error in DATABASE_DOWN:
         app.add_exception_handler(error, on_database_down)
+    app.add_exception_handler(StatementError, on_statement_error)
+    app.add_exception_handler(UnstorableText, on_unstorable)
     app.add_exception_handler(Exception, on_unexpected)
 
 
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request (the `param` field names the culprit).",
+    401: "Missing or invalid API key.",
+    403: "The key is not an admin key.",
+    404: "No such object for this key's tenant.",
+    409: "The object's state does not allow this (sent with `x-should-retry: false`).",
+    413: "The request body or upload is larger than the configured limit.",
+    429: "A rate limit or quota was reached; `Retry-After` says when to retry.",
+    503: "The database is unreachable.",
+}
+
+
 def responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries documenting the error envelope for these statuses."""
-    descriptions = {
-        400: "Invalid request (the `param` field names the culprit).",
-        401: "Missing or invalid API key.",
-        403: "The key is not an admin key.",
-        404: "No such object for this key's tenant.",
-        409: "The object's state does not allow this (sent with `x-should-retry: false`).",
-        413: "The upload is larger than the configured limit.",
-        429: "Over a rate limit or quota (`code` names it; `Retry-After` says when to retry).",
-        503: "The database is unreachable.",
-    }
+    """OpenAPI ``responses=`` entries documenting the error envelope for these statuses (the
+    statuses every operation of a kind can answer are added by ``api.openapi_doc``)."""
     return {
-        code: {"model": ErrorResponse, "description": descriptions.get(code, "Error.")}
+        code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS.get(code, "Error.")}
         for code in status_codes
     }
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    matching route's, e.g. ``POST`` on ``/v1/files`` that also has ``GET``): each method is
+    tried against the router, through its public ``matches``."""
+    from starlette.routing import Match
+
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed

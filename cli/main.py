@@ -24,6 +24,7 @@ from core.config import Settings, get_settings
 from core.db import session_factory, session_scope
 from core.model_status import ModelStatus, set_model_status
 from core.models import ApiKey, Job, JobEvent, Model
+from core.private import private_dir, restrict_umask, write_private
 from core.queue import (
     ALIGNMENT_QUEUE,
     ALL_QUEUES,
@@ -40,7 +41,7 @@ console = Console(stderr=True)
 
 
 def _migrate(settings: Settings) -> None:
-    settings.resolved_home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.resolved_home)
     migrate.upgrade(settings.resolved_database_url)
     with session_scope(session_factory(settings.resolved_database_url)) as session:
         ensure_builtin_models(session, settings.resolved_models_dir)
@@ -314,8 +315,7 @@ def _first_admin_key(settings: Settings) -> None:
         key = create_key(
             session, tenant_name="admin", admin=True, secret=settings.resolved_key_secret()
         )
-    key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
+    write_private(key_file, key + "\n")  # 0600 from the first byte, atomically
     console.print(f"[bold]Admin API key (shown once, also saved in {key_file}):[/bold]\n{key}")
 
 
@@ -471,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    restrict_umask()  # FTAAS_HOME and all under it owner-only (core/private.py)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

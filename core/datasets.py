@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.config import Settings
+from core.jsontext import find_problem
 
 Format = Literal["chat", "prompt_completion"]
 Messages = list[dict[str, str]]
@@ -34,7 +35,8 @@ _ROLE_SET = frozenset(ROLES)
 _MESSAGE_KEY_SET = frozenset(MESSAGE_KEYS)
 _BOM = b"\xef\xbb\xbf"
 # A \uD800-\uDFFF escape: the stdlib decoder turns an unpaired one into a lone surrogate, which is
-# not encodable text. Only lines containing such an escape pay for the deep check.
+# not encodable text. Only lines containing such an escape, or more brackets than the depth limit,
+# pay for the walk over the parsed line (core.jsontext).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _FORMAT_NAMES = {"chat": "chat", "prompt_completion": "prompt/completion"}
 
@@ -45,6 +47,9 @@ class DatasetLimits:
     max_lines: int = 100_000
     min_examples: int = 10
     max_reported_errors: int = 200
+    max_trained_turns: int = 64
+    max_example_chars: int = 262_144
+    max_json_depth: int = 64
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DatasetLimits:
@@ -53,6 +58,9 @@ class DatasetLimits:
             max_lines=settings.max_lines,
             min_examples=settings.min_examples,
             max_reported_errors=settings.max_reported_errors,
+            max_trained_turns=settings.max_trained_turns,
+            max_example_chars=settings.max_example_chars,
+            max_json_depth=settings.max_json_depth,
         )
 
 
@@ -191,21 +199,36 @@ def _bad_text(value: Any) -> str | None:
     return None
 
 
-def _has_lone_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
-    return False
+def _check_size(
+    number: int, n_chars: int, n_trained: int, limits: DatasetLimits, errors: list[LineError]
+) -> None:
+    """Bounded work per line: every trained turn becomes a sample (``worker.examples``)."""
+    if n_trained > limits.max_trained_turns:
+        errors.append(
+            LineError(
+                number,
+                "messages",
+                "too_many_trained_turns",
+                f"has {n_trained:,} trained assistant turns; the limit is "
+                f"{limits.max_trained_turns:,} per example (split the conversation, or set "
+                "weight 0 on turns not to train)",
+            )
+        )
+    if n_chars > limits.max_example_chars:
+        errors.append(
+            LineError(
+                number,
+                None,
+                "example_too_long",
+                f"has {n_chars:,} characters of content; the limit is "
+                f"{limits.max_example_chars:,} per example",
+            )
+        )
 
 
-def _check_chat(number: int, obj: dict[str, Any], errors: list[LineError]) -> Messages | None:
+def _check_chat(
+    number: int, obj: dict[str, Any], limits: DatasetLimits, errors: list[LineError]
+) -> Messages | None:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         errors.append(
@@ -221,6 +244,7 @@ def _check_chat(number: int, obj: dict[str, Any], errors: list[LineError]) -> Me
     n_errors = len(errors)
     n_assistant = 0
     n_trained = 0
+    n_chars = 0
     for i, message in enumerate(messages):
         path = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -260,6 +284,8 @@ def _check_chat(number: int, obj: dict[str, Any], errors: list[LineError]) -> Me
             )
         elif (reason := _bad_text(content)) is not None:
             errors.append(LineError(number, f"{path}.content", "missing_content", reason))
+        else:
+            n_chars += len(content)
         if "name" in message and not isinstance(message["name"], str):
             errors.append(
                 LineError(number, f"{path}.name", "invalid_name", "must be a string if given")
@@ -292,6 +318,7 @@ def _check_chat(number: int, obj: dict[str, Any], errors: list[LineError]) -> Me
         if "weight" in message:
             normalised["weight"] = "0" if weight == 0 else "1"
         out.append(normalised)
+    _check_size(number, n_chars, n_trained, limits, errors)
     if n_assistant == 0:
         errors.append(
             LineError(
@@ -324,7 +351,7 @@ def _check_chat(number: int, obj: dict[str, Any], errors: list[LineError]) -> Me
 
 
 def _check_prompt_completion(
-    number: int, obj: dict[str, Any], errors: list[LineError]
+    number: int, obj: dict[str, Any], limits: DatasetLimits, errors: list[LineError]
 ) -> Messages | None:
     n_errors = len(errors)
     for key in ("prompt", "completion"):
@@ -334,6 +361,9 @@ def _check_prompt_completion(
             errors.append(LineError(number, key, "missing_content", reason))
     if len(errors) != n_errors:
         return None
+    _check_size(number, len(obj["prompt"]) + len(obj["completion"]), 1, limits, errors)
+    if len(errors) != n_errors:
+        return None
     return [
         {"role": "user", "content": obj["prompt"]},
         {"role": "assistant", "content": obj["completion"]},
@@ -341,7 +371,11 @@ def _check_prompt_completion(
 
 
 def _check_line(
-    line: _Line, text: str, file_format: Format | None, errors: list[LineError]
+    line: _Line,
+    text: str,
+    file_format: Format | None,
+    limits: DatasetLimits,
+    errors: list[LineError],
 ) -> tuple[Format | None, Messages | None]:
     """Check one non-blank line. Returns its format (None if unrecognisable) and its normalised
     messages (None if it has any problem, which are appended to ``errors``)."""
@@ -354,20 +388,26 @@ def _check_line(
         )
         return None, None
     except RecursionError:
-        errors.append(LineError(number, None, "invalid_json", "JSON nested too deeply"))
+        errors.append(
+            LineError(
+                number,
+                None,
+                "json_too_deep",
+                f"JSON is nested more than {limits.max_json_depth} levels deep",
+            )
+        )
         return None, None
     if not isinstance(obj, dict):
         errors.append(
             LineError(number, None, "data_type", f"must be a JSON object, got {_type_name(obj)}")
         )
         return None, None
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
-        errors.append(
-            LineError(
-                number, None, "invalid_utf8", "contains an unpaired surrogate (\\uD800–\\uDFFF)"
-            )
-        )
-        return None, None
+    escaped = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+    if escaped or text.count("{") + text.count("[") > limits.max_json_depth:
+        problem = find_problem(obj, max_depth=limits.max_json_depth, check_text=escaped)
+        if problem is not None:
+            errors.append(LineError(number, problem.path, problem.code, problem.message))
+            return None, None
     is_chat = "messages" in obj
     is_pc = "prompt" in obj or "completion" in obj
     if is_chat and is_pc:
@@ -403,8 +443,8 @@ def _check_line(
         )
         return fmt, None
     if is_chat:
-        return fmt, _check_chat(number, obj, errors)
-    return fmt, _check_prompt_completion(number, obj, errors)
+        return fmt, _check_chat(number, obj, limits, errors)
+    return fmt, _check_prompt_completion(number, obj, limits, errors)
 
 
 class _Checker:
@@ -478,7 +518,7 @@ class _Checker:
                 )
             )
             return None
-        fmt, messages = _check_line(line, text, self.format, errors)
+        fmt, messages = _check_line(line, text, self.format, self.limits, errors)
         if self.format is None and fmt is not None:
             self.format = fmt
         return messages

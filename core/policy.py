@@ -84,17 +84,57 @@ def resolve_defense(model: Model | None, *, settings: Settings) -> Defense:
     return Defense(method, params)
 
 
-def gate_margin(tenant: Tenant | None, *, settings: Settings) -> float:
-    policy = (tenant.policy if tenant is not None else None) or {}
-    return float(policy.get("safety_gate_margin", settings.safety_gate_margin))
+@dataclass(frozen=True)
+class ReleaseGate:
+    """Which checkpoints may be released: harmful score at most ``margin`` above the starting
+    model's AND at most ``ceiling`` (an absolute harmful-score ceiling).
 
+    The margin alone trusted the starting model: one that starts at 1.0 (tiny-gpt2, or any base
+    with no pre-aligned model yet) passed every checkpoint (1.0 <= 1.0 + 0.1). The ceiling is the
+    provider's floor of safety whatever the starting point.
+    """
 
-def gate_decision(*, harmful_score: float, start_harmful_score: float, margin: float) -> str | None:
-    """``None`` when deployable, else the message that says which score crossed which threshold."""
-    threshold = start_harmful_score + margin
-    if harmful_score <= threshold + 1e-9:
+    margin: float
+    ceiling: float
+
+    def threshold(self, start_harmful_score: float) -> float:
+        return min(start_harmful_score + self.margin, self.ceiling)
+
+    def decide(self, *, harmful_score: float, start_harmful_score: float) -> str | None:
+        """``None`` when deployable, else the message that says which threshold was crossed."""
+        relative = start_harmful_score + self.margin
+        if harmful_score > relative + 1e-9:
+            return (
+                f"harmful_score {harmful_score:.3f} exceeds the release threshold {relative:.3f} "
+                f"(starting model {start_harmful_score:.3f} + margin {self.margin:.3f})"
+            )
+        if harmful_score > self.ceiling + 1e-9:
+            return (
+                f"harmful_score {harmful_score:.3f} exceeds the release ceiling "
+                f"{self.ceiling:.3f} (the most any deployable checkpoint may have)"
+            )
         return None
-    return (
-        f"harmful_score {harmful_score:.3f} exceeds the release threshold {threshold:.3f} "
-        f"(starting model {start_harmful_score:.3f} + margin {margin:.3f})"
+
+    def unaligned_warning(self, *, aligned: bool, start_harmful_score: float) -> str | None:
+        """The warning a job gets when its served model is not a pre-aligned one and shows no
+        measurable refusal ability: its starting harmful score is already at or above the
+        ceiling. Such a job can only pass the gate if training itself makes it safer."""
+        if aligned or start_harmful_score < self.ceiling - 1e-9:
+            return None
+        return (
+            f"The served model has no pre-aligned version and no measurable refusal ability "
+            f"(starting harmful_score {start_harmful_score:.3f} >= ceiling {self.ceiling:.3f}): "
+            "the defense has nothing to preserve, and checkpoints above the ceiling are not "
+            "deployable. Align this base model first (ftaas models align)."
+        )
+
+
+def release_gate(tenant: Tenant | None, *, settings: Settings) -> ReleaseGate:
+    """Settings' margin and ceiling, each overridden by the tenant's policy when it sets one."""
+    policy = (tenant.policy if tenant is not None else None) or {}
+    margin = policy.get("safety_gate_margin")
+    ceiling = policy.get("safety_gate_max_harmful")
+    return ReleaseGate(
+        margin=float(settings.safety_gate_margin if margin is None else margin),
+        ceiling=float(settings.safety_gate_max_harmful if ceiling is None else ceiling),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery import Celery
 
 from core.config import Settings
+from core.private import private_sqlite_file
 
 TASK_RUN_JOB = "ftaas.jobs.run"
 TASK_SWEEP = "ftaas.jobs.sweep"
@@ -24,7 +25,10 @@ ALL_QUEUES = (TRAINING_QUEUE, ALIGNMENT_QUEUE, SCREENING_QUEUE, MAINTENANCE_QUEU
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("ftaas", broker=settings.resolved_broker_url)
+    broker = settings.resolved_broker_url
+    if broker.startswith("sqla+sqlite:///"):  # the embedded broker's database: 0600 too
+        private_sqlite_file(broker.removeprefix("sqla+sqlite:///"))
+    app = Celery("ftaas", broker=broker)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from core.private import DIR_MODE, open_private
+
 
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
@@ -26,11 +28,11 @@ class ArtifactStore:
 
     def write_stream(self, key: str, chunks: Iterable[bytes]) -> int:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         size = 0
         try:
-            with open(tmp, "wb") as fh:
+            with os.fdopen(open_private(tmp), "wb") as fh:  # 0600 whatever the umask
                 for chunk in chunks:
                     fh.write(chunk)
                     size += len(chunk)

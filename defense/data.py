@@ -28,6 +28,13 @@ MESSAGE_KEYS = {"role", "content", "weight"}
 """A ``weight`` key (OpenAI's per-turn flag, as core normalises it) is accepted and ignored: the
 last assistant message is always the trained completion and every earlier turn is context."""
 
+CHARS_PER_TOKEN_BOUND = 32
+"""Text is cut to ``max_seq_len * CHARS_PER_TOKEN_BOUND`` characters before it is tokenised, so
+tokenising one example costs memory and time bounded by ``max_seq_len`` whatever the length of its
+conversation. A token of a byte-level BPE rarely spans more than 32 characters, so the cut text
+still fills ``max_seq_len`` tokens and the tokens kept after truncation are (nearly always) the
+ones the whole text would give; where a token is longer, the example keeps a shorter context."""
+
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
@@ -126,13 +133,18 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[st
 
 
 def encode_prompt(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, str]],
+    max_chars: int | None = None,
 ) -> list[int]:
     """Token ids of ``render_prompt``: special tokens (e.g. BOS) are added only when there is no
-    chat template, because a template writes its own."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=not has_template)
-    return list(ids["input_ids"])
+    chat template, because a template writes its own. With ``max_chars``, a longer rendering keeps
+    only its last ``max_chars`` characters (and no BOS): truncation keeps a prompt's end."""
+    add_special = not getattr(tokenizer, "chat_template", None)
+    text = render_prompt(tokenizer, messages)
+    if max_chars is not None and len(text) > max_chars:
+        text, add_special = text[-max_chars:], False
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
 
 def encode_example(
@@ -150,14 +162,19 @@ def encode_example(
     ``min(len(completion), max(1, max_seq_len // 4))`` completion tokens: the prompt loses tokens
     from its start (the end holds the question and the response header), and the completion loses
     tokens from its end (then without EOS, so the model does not learn to stop mid-answer).
-    Every encoded example therefore has at least one labelled token.
+    Every encoded example therefore has at least one labelled token. Prompt and completion are
+    each cut to ``max_seq_len * CHARS_PER_TOKEN_BOUND`` characters before tokenising (bounded
+    work per example).
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; completions must end with one")
-    prompt_ids = encode_prompt(tokenizer, example.prompt_messages)
+    budget = max_seq_len * CHARS_PER_TOKEN_BOUND  # characters tokenised, at most
+    prompt_ids = encode_prompt(tokenizer, example.prompt_messages, max_chars=budget)
     text = example.completion if completion is None else completion
-    completion_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    completion_ids.append(int(tokenizer.eos_token_id))
+    cut = len(text) > budget
+    completion_ids = list(tokenizer(text[:budget], add_special_tokens=False)["input_ids"])
+    if not cut:  # a cut answer gets no EOS: the model must not learn to stop mid-answer
+        completion_ids.append(int(tokenizer.eos_token_id))
     if len(prompt_ids) + len(completion_ids) > max_seq_len:
         keep = min(
             len(completion_ids), max(max_seq_len - len(prompt_ids), max(1, max_seq_len // 4))

@@ -96,8 +96,10 @@ def score_examples(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_seq_len: int = 256,
+    first_index: int = 0,
 ) -> list[float]:
-    """Antibody's likelihood-ratio score of every example (dataset index = position).
+    """Antibody's likelihood-ratio score of every example (dataset index = ``first_index`` +
+    position, so a long dataset can be scored in consecutive slices with the same result).
 
     Negative: the model prefers refusing the prompt to giving this completion (what a pre-aligned
     model says of a harmful sample); a completion equal to its assigned refusal scores 0.
@@ -110,11 +112,12 @@ def score_examples(
         return []
     pad_id = pad_id_of(tokenizer)
     completions = [
-        encode_example(tokenizer, ex, max_seq_len, index=i) for i, ex in enumerate(examples)
+        encode_example(tokenizer, ex, max_seq_len, index=i)
+        for i, ex in enumerate(examples, start=first_index)
     ]
     refusals = [
         encode_example(tokenizer, ex, max_seq_len, completion=refusal_for(i), index=i)
-        for i, ex in enumerate(examples)
+        for i, ex in enumerate(examples, start=first_index)
     ]
     batches = _length_sorted_batches([len(c.input_ids) for c in completions], batch_size)
     scores = torch.zeros(len(examples), dtype=torch.float32)  # [N]

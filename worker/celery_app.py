@@ -21,6 +21,7 @@ from typing import Any
 from celery import Celery, signals
 
 from core.config import get_settings
+from core.private import private_dir, restrict_umask
 from core.queue import MAINTENANCE_QUEUE, TASK_SWEEP, TRAINING_QUEUE, make_celery
 from worker import (
     preemption,
@@ -31,7 +32,9 @@ WORKER_POOL = "solo"
 
 
 def create_worker_app() -> Celery:
+    restrict_umask()  # checkpoints, adapters, the beat schedule: owner-only (core/private.py)
     settings = get_settings()
+    private_dir(settings.resolved_home)
     app = make_celery(settings)
     app.conf.update(
         worker_concurrency=1,  # one job per GPU

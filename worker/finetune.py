@@ -39,7 +39,13 @@ from core.config import Settings
 from core.datasets import DatasetLimits, iter_examples
 from core.db import session_scope
 from core.models import File, Job, JobEvent, Model, Tenant
-from core.policy import Defense, gate_decision, gate_margin, resolve_defense, resolve_served_model
+from core.policy import (
+    Defense,
+    ReleaseGate,
+    release_gate,
+    resolve_defense,
+    resolve_served_model,
+)
 from core.storage import ArtifactStore, file_key, job_dir_key
 from worker.adapters import save_adapter
 from worker.alignment import lisa_guide
@@ -80,7 +86,7 @@ class JobPlan:
     served_model: str = ""
     defense: Defense = field(default_factory=lambda: Defense("sft"))
     validation_key: str | None = None
-    gate_margin: float = 0.0
+    gate: ReleaseGate = field(default_factory=lambda: ReleaseGate(margin=0.0, ceiling=1.0))
     start_safety: dict[str, Any] | None = None
     served_safety: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +110,7 @@ def run_fine_tune(
     config = finetune_config(plan, settings=settings, n_examples=len(data.examples))
     model, tokenizer, aligned = prepare_model(plan, settings=settings, reporter=reporter)
     evaluator = SafetyEvaluator(settings, validation=validation, max_seq_len=settings.max_seq_len)
-    start = starting_safety(plan, evaluator, model, tokenizer, reporter=reporter)
+    start = starting_safety(plan, evaluator, model, tokenizer, aligned=aligned, reporter=reporter)
     result = train(
         plan,
         model,
@@ -152,6 +158,7 @@ def plan_job(
         named = session.scalar(select(Model).where(Model.id == job.model))
         served_row = session.scalar(select(Model).where(Model.id == served.model_id))
         defense = resolve_defense(policy_view(named, served_row), settings=settings)
+        gate = release_gate(tenant, settings=settings)
         recorded = jobs.record_run_config(
             session,
             job.id,
@@ -159,7 +166,8 @@ def plan_job(
                 "served_model": served.model_id,
                 "defense": defense.method,
                 "defense_params": dict(defense.params),
-                "gate_margin": gate_margin(tenant, settings=settings),
+                "gate_margin": gate.margin,
+                "gate_max_harmful": gate.ceiling,
                 "settings": {key: getattr(settings, key) for key in RUN_SETTINGS},
             },
         )
@@ -175,7 +183,11 @@ def plan_job(
         served_model=str(recorded["served_model"]),
         defense=Defense(str(recorded["defense"]), dict(recorded["defense_params"])),
         validation_key=(validation.storage_key or file_key(validation.id)) if validation else None,
-        gate_margin=float(recorded["gate_margin"]),
+        # A run recorded before the absolute ceiling existed keeps only its margin.
+        gate=ReleaseGate(
+            margin=float(recorded["gate_margin"]),
+            ceiling=float(recorded.get("gate_max_harmful", 1.0)),
+        ),
         start_safety=(job.safety or {}).get("start"),
         served_safety=served_row.safety if served_row is not None else None,
         settings=dict(recorded.get("settings", {})),
@@ -232,7 +244,10 @@ def load_data(plan: JobPlan, *, settings: Settings, store: ArtifactStore) -> tup
     from worker.examples import training_set
 
     limits = DatasetLimits.from_settings(settings)
-    data = training_set(iter_examples(store.read_stream(plan.training_key), limits))
+    data = training_set(
+        iter_examples(store.read_stream(plan.training_key), limits),
+        max_seq_len=settings.max_seq_len,
+    )
     if not data.examples:
         raise JobFailed(
             "invalid_training_file", "The training file has no valid examples.", "training_file"
@@ -240,7 +255,8 @@ def load_data(plan: JobPlan, *, settings: Settings, store: ArtifactStore) -> tup
     validation: list[Any] = []
     if plan.validation_key is not None:
         validation = training_set(
-            iter_examples(store.read_stream(plan.validation_key), limits)
+            iter_examples(store.read_stream(plan.validation_key), limits),
+            max_seq_len=settings.max_seq_len,
         ).examples
     return data, validation
 
@@ -329,6 +345,7 @@ def starting_safety(
     model: Any,
     tokenizer: Any,
     *,
+    aligned: bool,
     reporter: JobReporter,
 ) -> dict[str, Any]:
     """The starting model's scores: kept from an earlier attempt, reused from the served model's
@@ -351,7 +368,15 @@ def starting_safety(
                 row.safety = cached
     if start is not plan.start_safety:
         reporter.message(f"Starting model safety: {describe(start)}.", data={"step": 0, **start})
-    reporter.record(safety={"start": start, "margin": plan.gate_margin})
+    gate = plan.gate
+    job_safety: dict[str, Any] = {"start": start, "margin": gate.margin, "ceiling": gate.ceiling}
+    warning = gate.unaligned_warning(
+        aligned=aligned, start_harmful_score=float(start["harmful_score"])
+    )
+    if warning:
+        job_safety["unaligned_warning"] = warning
+        reporter.message(warning, level="warn", data={"unaligned_warning": True})
+    reporter.record(safety=job_safety)
     return start
 
 
@@ -375,10 +400,9 @@ def train(
 
     def assess(step: int) -> tuple[dict[str, Any], bool | None]:
         scores = evaluator.evaluate(model, tokenizer)
-        message = gate_decision(
+        message = plan.gate.decide(
             harmful_score=float(scores["harmful_score"]),
             start_harmful_score=float(start["harmful_score"]),
-            margin=plan.gate_margin,
         )
         return scores, message is None
 
@@ -428,16 +452,16 @@ def conclude(
     final, _ = reporter.checkpoint_safety(result.step)
     if final is None:
         final = evaluator.evaluate(model, tokenizer)
-    gate = gate_decision(
+    gate = plan.gate.decide(
         harmful_score=float(final["harmful_score"]),
         start_harmful_score=float(start["harmful_score"]),
-        margin=plan.gate_margin,
     )
     job_safety = {
         "start": start,
-        "margin": plan.gate_margin,
+        "margin": plan.gate.margin,
+        "ceiling": plan.gate.ceiling,
         "final": final,
-        "threshold": round(float(start["harmful_score"]) + plan.gate_margin, 6),
+        "threshold": round(plan.gate.threshold(float(start["harmful_score"])), 6),
         "deployable": gate is None,
         "gate": gate,
     }

@@ -15,6 +15,13 @@ Choices where the contract is silent:
 * ``flagged`` lists the flagged lines in file order (as the API documents it), at most
   ``MAX_LISTED`` of them (the lowest scores when there are more); ``summary.flagged`` counts
   them all.
+* Bounded work (screening runs on its own queue, ``core.queue.SCREENING_QUEUE``, and must
+  neither hold a worker for hours nor its memory): at most ``max_screening_lines`` lines, the
+  first ones, are read and scored (``summary.truncated`` when the file has more); scoring goes
+  in slices of ``SCREEN_SLICE`` examples in file order, and stops at the first slice boundary
+  after ``screening_time_limit_s`` (counted from the start, model loading included) with the
+  lines fully scored so far (``summary.partial``; ``summary.lines`` counts them). A line is
+  reported only when all of its turns were scored.
 * The claim is ``safety_status`` queued -> running (``core.screening``: one conditional UPDATE),
   so a duplicate message does nothing. The screening worker heartbeats the file; the sweeper
   puts a file whose worker went silent back to ``queued`` and sends it again, up to
@@ -24,6 +31,7 @@ Choices where the contract is silent:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -36,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import screening
 from core.config import Settings
-from core.datasets import DatasetLimits, iter_examples
+from core.datasets import DatasetLimits, Messages, iter_examples
 from core.db import session_factory, session_scope
 from core.models import File
 from core.policy import resolve_served_model
@@ -50,6 +58,7 @@ log = logging.getLogger(__name__)
 
 MAX_LISTED = 1000
 SCORE_BATCH_SIZE = 8
+SCREEN_SLICE = 64  # examples scored between two looks at the clock
 
 
 def screening_model(session: Session, *, settings: Settings) -> str:
@@ -169,30 +178,70 @@ class _Lease:
             raise ClaimLost(f"file {self.file_id} is no longer this worker's")
 
 
-def _score(key: str, *, model_id: str, settings: Settings) -> dict[str, Any]:
+def first_lines(
+    lines: Iterator[tuple[int, Messages]], limit: int
+) -> tuple[list[tuple[int, Messages]], bool]:
+    """The first ``limit`` accepted lines, and whether there were more (nothing more is read)."""
+    kept = list(itertools.islice(lines, limit))
+    more = next(lines, None) is not None
+    close = getattr(lines, "close", None)
+    if close is not None:
+        close()  # a generator over the stored file: close it now
+    return kept, more
+
+
+def _score(
+    key: str,
+    *,
+    model_id: str,
+    settings: Settings,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
     import torch
 
     from defense.screening import score_examples
     from worker.examples import training_set
 
+    started = clock()
     if settings.worker_threads:
         torch.set_num_threads(settings.worker_threads)
     store = ArtifactStore(settings.resolved_artifacts_dir)
-    data = training_set(
-        iter_examples(store.read_stream(key), DatasetLimits.from_settings(settings))
+    limits = DatasetLimits.from_settings(settings)
+    lines, truncated = first_lines(
+        iter_examples(store.read_stream(key), limits), settings.max_screening_lines
     )
+    data = training_set(
+        lines, max_seq_len=settings.max_seq_len, max_trained_turns=settings.max_trained_turns
+    )
+    del lines
     source = locate_model(model_id, settings=settings)
     model, tokenizer = load_model(source, trainable=False, device=resolve_device(settings.device))
-    scores = score_examples(
-        model,
-        tokenizer,
-        data.examples,
-        batch_size=SCORE_BATCH_SIZE,
-        max_seq_len=settings.max_seq_len,
-    )
-    report = build_report(
-        data.line_numbers, scores, model=model_id, threshold=settings.screen_threshold
-    )
+    scores: list[float] = []
+    partial = False
+    for start in range(0, len(data.examples), SCREEN_SLICE):
+        if clock() - started > settings.screening_time_limit_s:
+            partial = True
+            break
+        scores += score_examples(
+            model,
+            tokenizer,
+            data.examples[start : start + SCREEN_SLICE],
+            batch_size=SCORE_BATCH_SIZE,
+            max_seq_len=settings.max_seq_len,
+            first_index=start,
+        )
+    numbers = data.line_numbers[: len(scores)]
+    if partial and numbers and len(scores) < len(data.line_numbers):
+        # Only whole lines: drop the last one if some of its turns were not scored.
+        if data.line_numbers[len(scores)] == numbers[-1]:
+            cut = numbers.index(numbers[-1])
+            numbers, scores = numbers[:cut], scores[:cut]
+    report = build_report(numbers, scores, model=model_id, threshold=settings.screen_threshold)
+    report["summary"].update(truncated=truncated, partial=partial)
+    report["limits"] = {
+        "max_screening_lines": settings.max_screening_lines,
+        "screening_time_limit_s": settings.screening_time_limit_s,
+    }
     report["aligned"] = source.is_aligned
     return report
 

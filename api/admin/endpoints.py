@@ -152,7 +152,8 @@ def list_tenants(
         "model's and still be deployable. Quotas (`max_running_jobs`, `max_queued_jobs`, "
         "`max_files`, `max_stored_bytes`, `max_trained_tokens_per_month`, `max_job_tokens`, "
         "`max_job_wall_clock_s`; 0 is unlimited) and the fair-scheduling `priority` override "
-        "the server's settings. Null removes a key (the server's setting applies)."
+        "the server's settings; `safety_gate_max_harmful`: the highest harmful score any deployable "
+        "checkpoint may have. Null removes a key (the server's setting applies)."
     ),
     responses=responses(400, 404),
 )

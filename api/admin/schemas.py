@@ -291,10 +291,16 @@ class TenantPolicy(BaseModel):
         "model's and still be deployable; default: the server's safety_gate_margin.",
     )
 
-    @field_validator("safety_gate_margin", mode="before")
+    safety_gate_max_harmful: float | None = Field(
+        None,
+        description="The highest harmful score (0 to 1) a deployable checkpoint may have; "
+        "default: the server's safety_gate_max_harmful.",
+    )
+
+    @field_validator("safety_gate_margin", "safety_gate_max_harmful", mode="before")
     @classmethod
-    def _margin(cls, v: Any) -> Any:
-        return MARGIN_RANGE.check("invalid_policy", "safety_gate_margin", v)
+    def _margin(cls, v: Any, info: ValidationInfo) -> Any:
+        return MARGIN_RANGE.check("invalid_policy", str(info.field_name), v)
 
     # Quotas (core/quotas.py): each overrides the server's setting of the same meaning; 0 is
     # unlimited, null removes the override.

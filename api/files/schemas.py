@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,8 +65,24 @@ class FileRead(BaseModel):
         )
 
 
+def _document_screening_bounds(schema: dict[str, Any]) -> None:
+    # Documented but not declared: a report written before these existed is shown unchanged.
+    schema.setdefault("properties", {}).update(
+        truncated={
+            "type": "boolean",
+            "description": "True when the file has more lines than FTAAS_MAX_SCREENING_LINES "
+            "(only the first ones were scored).",
+        },
+        partial={
+            "type": "boolean",
+            "description": "True when screening hit FTAAS_SCREENING_TIME_LIMIT_S: only the first "
+            "`lines` lines were scored.",
+        },
+    )
+
+
 class ScreeningSummary(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_document_screening_bounds)
 
     lines: int | None = Field(None, description="Examples scored.")
     flagged: int | None = Field(None, description="Examples flagged.")
@@ -142,6 +158,13 @@ UPLOAD_REQUEST_BODY = {
                         "minimum": 3600,
                         "maximum": 2592000,
                     },
+                },
+                # What the API enforces (api/files/service.py): no other field, and an expiry
+                # needs both its anchor and its seconds.
+                "additionalProperties": False,
+                "dependentRequired": {
+                    "expires_after[anchor]": ["expires_after[seconds]"],
+                    "expires_after[seconds]": ["expires_after[anchor]"],
                 },
             }
         }

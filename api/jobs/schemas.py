@@ -113,13 +113,31 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters | None = Field(
         None, description="Deprecated: use method.supervised.hyperparameters."
     )
-    suffix: str | None = Field(None, description="Up to 64 characters of [A-Za-z0-9_-].")
-    seed: int | None = Field(None, description=f"0 to {SEED_MAX}; generated if absent.")
+    # The validators below give the codes and messages; json_schema_extra documents the same
+    # limits, so that the schema accepts only what the API accepts.
+    suffix: str | None = Field(
+        None,
+        description="Up to 64 characters of [A-Za-z0-9_-].",
+        json_schema_extra={"pattern": SUFFIX_RE.pattern},
+    )
+    seed: int | None = Field(
+        None,
+        description=f"0 to {SEED_MAX}; generated if absent.",
+        json_schema_extra={"minimum": 0, "maximum": SEED_MAX},
+    )
     metadata: dict[str, str] | None = Field(
-        None, description="Up to 16 pairs; keys up to 64 characters, values up to 512."
+        None,
+        description="Up to 16 pairs; keys up to 64 characters, values up to 512.",
+        json_schema_extra={
+            "maxProperties": METADATA_MAX_PAIRS,
+            "propertyNames": {"maxLength": METADATA_KEY_MAX},
+            "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX},
+        },
     )
     integrations: list[dict[str, Any]] | None = Field(
-        None, description="Not supported: must be absent or empty."
+        None,
+        description="Not supported: must be absent or empty.",
+        json_schema_extra={"maxItems": 0},
     )
 
     @field_validator("suffix", mode="before")

@@ -180,8 +180,47 @@ def test_lone_surrogate_escape_is_rejected() -> None:
     bad = '{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "y"}]}'
     paired = '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, {"role": "assistant", "content": "y"}]}'
     report = run(jsonl(bad, paired, *good(10)))
-    assert found(report) == [(1, None, "invalid_utf8")]
+    assert found(report) == [(1, "messages[0].content", "invalid_unicode")]
     assert report.n_examples == 11
+
+
+def test_deeply_nested_line_with_a_surrogate_is_rejected_with_its_line() -> None:
+    """The issue's input: 450+ levels of nesting around an unpaired escape answered 500 (the old
+    recursive check overflowed). Now: a 400-style line error, nothing raised."""
+    deep = '{"messages": [{"role": "user", "content": "q", "x": ' + "[" * 460 + '"\\ud800"'
+    deep += "]" * 460 + '}, {"role": "assistant", "content": "a"}]}'
+    report = validate([jsonl(*good(10), deep)], DatasetLimits(max_line_bytes=1 << 20))
+    assert found(report) == [(11, "messages[0].x" + "[0]" * 61, "json_too_deep")]
+    assert "nested more than 64 levels" in report.errors[0].message
+    assert list(iter_examples([jsonl(deep)])) == []
+    # Past Python's recursion limit the parser itself gives up: still a line error.
+    deeper = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    report = validate([jsonl(deeper)], DatasetLimits(max_line_bytes=1 << 20))
+    assert found(report)[0] == (1, None, "json_too_deep")
+
+
+def test_a_surrogate_in_a_key_is_named() -> None:
+    line = '{"messages": [{"role": "user", "content": "q", "\\udc00k": 1}, {"role": "assistant", "content": "a"}]}'
+    report = run(jsonl(line, *good(10)))
+    assert found(report)[0] == (1, "messages[0].\\udc00k", "invalid_unicode")
+    assert report.summary().encode("utf-8")  # the message itself is valid text
+
+
+def test_lines_over_the_size_limits_are_rejected() -> None:
+    limits = DatasetLimits(max_line_bytes=1 << 20, max_trained_turns=3, max_example_chars=100)
+    turns = [
+        m
+        for i in range(4)
+        for m in ({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"})
+    ]
+    weighted = [dict(m, weight=0) if m["content"] == "a0" else m for m in turns]
+    long = {"prompt": "p" * 60, "completion": "c" * 41}
+    report = validate([jsonl(*good(10), {"messages": turns}, {"messages": weighted})], limits)
+    assert found(report) == [(11, "messages", "too_many_trained_turns")]
+    assert "4 trained assistant turns; the limit is 3" in report.errors[0].message
+    report = validate([jsonl(*[{"prompt": "p", "completion": "c"}] * 10, long)], limits)
+    assert found(report) == [(11, None, "example_too_long")]
+    assert "101 characters" in report.summary()
 
 
 def test_empty_file() -> None:

@@ -98,3 +98,22 @@ def test_mean_token_nll_is_the_token_weighted_loss(
 
 def test_no_examples() -> None:
     assert score_examples(torch.nn.Linear(1, 1), None, []) == []  # type: ignore[arg-type]
+
+
+def test_scoring_in_slices_gives_the_same_scores(
+    gpt2: PeftModel, tokenizer: PreTrainedTokenizerFast, user_examples: list[Example]
+) -> None:
+    """Upload screening scores a file slice by slice (time limit); ``first_index`` keeps each
+    example's dataset index, and so its assigned refusal."""
+    whole = score_examples(gpt2, tokenizer, user_examples, batch_size=4, max_seq_len=MAX_LEN)
+    sliced: list[float] = []
+    for start in range(0, len(user_examples), 3):
+        sliced += score_examples(
+            gpt2,
+            tokenizer,
+            user_examples[start : start + 3],
+            batch_size=4,
+            max_seq_len=MAX_LEN,
+            first_index=start,
+        )
+    assert sliced == pytest.approx(whole, abs=1e-5)

@@ -50,6 +50,9 @@ def service_settings(settings: Settings, models_dir: Path) -> Settings:
             "alignment_batch_size": 4,
             "alignment_learning_rate": 5e-3,
             "max_seq_len": 256,
+            # tiny-gpt2 never refuses (harmful score 1.0): these tests are about the plumbing, so
+            # the absolute ceiling is lifted; test_release_gate.py checks the default.
+            "safety_gate_max_harmful": 1.0,
         }
     )
     with session_scope(session_factory(configured.resolved_database_url)) as session:
@@ -108,6 +111,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         FTAAS_MAX_SEQ_LEN=str(settings.max_seq_len),
         FTAAS_SCREEN_THRESHOLD=str(settings.screen_threshold),
         FTAAS_SAFETY_GATE_MARGIN=str(settings.safety_gate_margin),
+        FTAAS_SAFETY_GATE_MAX_HARMFUL=str(settings.safety_gate_max_harmful),
         FTAAS_WORKER_THREADS="1",
         HF_HUB_OFFLINE="1",
         PYTHONPATH=str(REPO),
