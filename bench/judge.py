@@ -64,6 +64,14 @@ def main() -> None:
     ci = wilson(correct, learned["n"])
     log(f"learned judge on test: {learned}, CI {ci}, {1000 * score_s / len(test):.0f} ms/response")
 
+    # Service-length answers: the worker judges 48-128 new tokens, about 250-600 characters.
+    short = [(r.objective, r.response[:300]) for r in test]
+    fresh = ClassifierJudge(encoder, head)
+    started = time.perf_counter()
+    fresh.scores([p for p, _ in short], [a for _, a in short])
+    short_ms = 1000 * (time.perf_counter() - started) / len(short)
+    log(f"service-length answers: {short_ms:.0f} ms/response")
+
     keyword_test = judge_accuracy(KeywordJudge(), test)
     keyword_all = judge_accuracy(KeywordJudge(), rows)
     keyword_ci = wilson(round(keyword_test["accuracy"] * keyword_test["n"]), keyword_test["n"])
@@ -108,10 +116,12 @@ def main() -> None:
         f"{tune_acc['accuracy']:.3f} | | {tune_acc['precision']:.3f} | "
         f"{tune_acc['recall']:.3f} |",
         "",
-        f"CPU cost (one torch thread): loading the encoder and head (with both SHA-256 checks) "
+        f"CPU cost (one torch thread; 1-minute load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs when written, so other jobs shared them): loading the encoder and head (with both SHA-256 checks) "
         f"{load_s:.1f} s once per process; scoring {ms:.0f} ms per response "
         f"({len(test)} test responses in {score_s:.1f} s, batches of 16, response cut at "
-        "128 word pieces).",
+        f"128 word pieces); {short_ms:.0f} ms per response for service-length answers (the "
+        "same responses cut at 300 characters, about 60 tokens).",
         "",
         f"Head: {json.dumps(head.meta)}",
         "",
