@@ -998,8 +998,8 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"({meta['cells_done']}/{meta['cells_total']} cells; cells found in the cache are not rerun)",
         "",
         "| method | stage | p | harmful score ↓ | over-refusal ↓ | task accuracy ↑ | "
-        "harmful / benign weight | train s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "harmful / benign weight | train s | eval s | keyword judge: harmful / over-refusal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=row_sort_key):
         weights = "–"
@@ -1010,7 +1010,8 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         lines.append(
             f"| {r['method']} | {r['stage']} | {fmt(r['p'], 1)} | {fmt(r['harmful_score'])} | "
             f"{fmt(r['over_refusal'])} | {fmt(r['task_accuracy'])} | {weights} | "
-            f"{fmt(r.get('train_seconds'), 0)} | {fmt(r.get('eval_seconds'), 0)} |"
+            f"{fmt(r.get('train_seconds'), 0)} | {fmt(r.get('eval_seconds'), 0)} | "
+            f"{fmt(r.get('harmful_score_keyword'))} / {fmt(r.get('over_refusal_keyword'))} |"
         )
     first = rows[0] if rows else {}
     lines += [
