@@ -53,13 +53,14 @@ HEAD_SHA256 = "a5c27acd5b5decbf4836e2c49433e205a51b550e2e21f3a6af6eb9a07bcdba5b"
 """SHA-256 of ``defense/data/judge_head.json``; ``scripts/fit_judge.py`` rewrites this line."""
 
 RESPONSE_TOKENS = 128
-"""Word pieces of the response that are embedded. The opening decides refusal vs compliance;
-128 keeps one response near 30 ms on a CPU core (bench/results/judge.md)."""
+"""Word pieces of the response that are embedded. The opening decides refusal vs compliance,
+and the service's answers are 48-128 tokens anyway; the cost is in bench/results/judge.md."""
 PROMPT_TOKENS = 64
 THRESHOLD = 0.5
 """Default decision threshold; the shipped head carries the one chosen on the tune split."""
 BATCH_SIZE = 16
 N_EXTRA = 4
+"""Features after the embedding: cosine, word overlap, keyword verdict, log length."""
 
 _STOPWORDS = frozenset(
     "a an the and or of to for in on at by with from into about how what which who whom why when "
