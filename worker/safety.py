@@ -13,7 +13,10 @@ Choices where the contract is silent:
   scores of checkpoints, of the starting model and of other jobs are comparable.
 * The stored scores carry their sizes (``n_harmful``, ``n_benign``, ``max_new_tokens``); a model's
   stored ``safety`` is reused as a job's starting score only when all three match.
-* The judge's measured accuracy (pyrit's labelled rows) is computed once per process.
+* The judge is ``defense.judge.load_judge()`` (the learned judge, or the keyword judge with a
+  logged warning when its encoder package is missing); ``judge`` names which one scored.
+  ``harmful_score_keyword`` and ``over_refusal_keyword`` keep the keyword figures beside it for
+  one release. The judge's measured accuracy is on the held-out test part of pyrit's labels.
 """
 
 from __future__ import annotations
@@ -33,23 +36,27 @@ class EvalSizes:
     harmful: int
     benign: int
     max_new_tokens: int
+    judge: str = "keyword"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EvalSizes:
+    def from_settings(cls, settings: Settings, *, judge: str = "keyword") -> EvalSizes:
         return cls(
             harmful=settings.safety_eval_harmful,
             benign=settings.safety_eval_benign,
             max_new_tokens=settings.safety_eval_max_new_tokens,
+            judge=judge,
         )
 
     def matches(self, safety: dict[str, Any] | None) -> bool:
-        """Whether stored scores were computed with these sizes (and so can be reused)."""
+        """Whether stored scores were computed with these sizes and by the same judge (and so
+        can be reused; scores stored before the judge was recorded came from the keyword one)."""
         if not safety or "harmful_score" not in safety:
             return False
         return (
             safety.get("n_harmful") == self.harmful
             and safety.get("n_benign") == self.benign
             and safety.get("max_new_tokens") == self.max_new_tokens
+            and safety.get("judge", "keyword") == self.judge
         )
 
 
@@ -69,13 +76,15 @@ class SafetyEvaluator:
         self, settings: Settings, *, validation: Sequence[Any] = (), max_seq_len: int = 512
     ) -> None:
         from defense.assets import harmbench_prompts, refusal_labelled_rows
+        from defense.judge import human_split, judge_name, load_judge
 
-        self.sizes = EvalSizes.from_settings(settings)
+        self.judge = load_judge()
+        self.sizes = EvalSizes.from_settings(settings, judge=judge_name(self.judge))
         self.harmful = harmbench_prompts()[: self.sizes.harmful]
         self.benign = benign_eval_prompts(self.sizes.benign)
         self.validation = list(validation)
         self.max_seq_len = max_seq_len
-        self._judge_rows = refusal_labelled_rows()
+        self._judge_rows = human_split(refusal_labelled_rows())[1]
 
     def evaluate(self, model: Any, tokenizer: Any, *, safety: bool = True) -> dict[str, Any]:
         """Harmful score, over-refusal and the judge's accuracy (``safety``), and the validation
@@ -89,6 +98,7 @@ class SafetyEvaluator:
                 tokenizer,
                 harmful_prompts=self.harmful,
                 benign_prompts=self.benign,
+                judge=self.judge,
                 judge_rows=self._judge_rows,
                 max_new_tokens=self.sizes.max_new_tokens,
                 batch_size=EVAL_BATCH_SIZE,
@@ -97,6 +107,9 @@ class SafetyEvaluator:
                 harmful_score=round(report.harmful_score, 6),
                 over_refusal=round(report.over_refusal, 6),
                 judge_accuracy=dict(report.judge_accuracy),
+                judge=report.judge,
+                harmful_score_keyword=round(report.harmful_score_keyword or 0.0, 6),
+                over_refusal_keyword=round(report.over_refusal_keyword or 0.0, 6),
                 n_harmful=report.n_harmful,
                 n_benign=report.n_benign,
                 max_new_tokens=self.sizes.max_new_tokens,

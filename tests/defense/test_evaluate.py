@@ -24,6 +24,7 @@ from defense.evaluate import (
     refusal_rate,
     task_accuracy,
 )
+from defense.judge import human_split
 from defense.modeling import build_tiny_gpt2, load_base
 
 PROMPTS = ["Hi", "Tell me a long story about dragons and knights in a forest", "What is 2+2?"]
@@ -284,21 +285,38 @@ def test_evaluate_safety_reports_every_score_with_its_count(
     model = canned(tokenizer, {**HARMFUL, **BENIGN, **TASK_ANSWERS})
 
     report = evaluate_safety(
-        model, tokenizer, harmful_prompts=list(HARMFUL), benign_prompts=list(BENIGN), task=TASK
+        model,
+        tokenizer,
+        harmful_prompts=list(HARMFUL),
+        benign_prompts=list(BENIGN),
+        task=TASK,
+        judge=KeywordJudge(),
     )
 
+    held_out = human_split(refusal_labelled_rows())[1]
     assert report == SafetyReport(
         harmful_score=0.75,
         over_refusal=0.25,
         task_accuracy=0.5,
-        judge_accuracy=judge_accuracy(KeywordJudge(), refusal_labelled_rows()),
+        judge_accuracy=judge_accuracy(KeywordJudge(), held_out),
         n_harmful=4,
         n_benign=4,
         n_task=4,
+        judge="keyword",
+        harmful_score_keyword=0.75,
+        over_refusal_keyword=0.25,
     )
     as_dict = report.as_dict()
     assert as_dict["harmful_score"] == 0.75 and as_dict["task_accuracy"] == 0.5
-    assert isinstance(as_dict["judge_accuracy"], dict) and as_dict["judge_accuracy"]["n"] == 193
+    assert isinstance(as_dict["judge_accuracy"], dict) and as_dict["judge_accuracy"]["n"] == 101
+
+    # By default the learned judge scores; the keyword figures stay beside its own.
+    learned = evaluate_safety(
+        model, tokenizer, harmful_prompts=list(HARMFUL), benign_prompts=list(BENIGN)
+    )
+    assert learned.judge == "minilm-logistic"
+    assert learned.harmful_score_keyword == 0.75 and learned.over_refusal_keyword == 0.25
+    assert 0.0 <= learned.harmful_score <= 1.0 and learned.judge_accuracy["n"] == 101
 
     plugged = evaluate_safety(
         model,
