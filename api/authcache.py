@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 from core.models import ApiKey, Tenant
 
 MAX_ENTRIES = 10_000
+
+# Every cache of this process, so a suspension or revocation made here is seen here at once
+# (other API processes see it within their TTL).
+_caches: weakref.WeakSet[KeyCache] = weakref.WeakSet()
+
+
+def forget_all() -> None:
+    """Empty every key cache of this process (after a tenant is suspended or a key revoked)."""
+    for cache in list(_caches):
+        cache.clear()
 
 
 def snapshot(row: ApiKey) -> ApiKey:
@@ -45,6 +56,11 @@ class KeyCache:
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[float, ApiKey]] = {}
         self._lock = threading.Lock()
+        _caches.add(self)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def get(self, key_hash: str) -> ApiKey | None:
         entry = self._entries.get(key_hash)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentKey
+from api.deps import authenticated_key
 from api.errors import ApiError
+from core.models import ApiKey
 from core.ratelimit import Buckets, Decision, RedisBuckets
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,9 @@ class Limiter:
             return None
 
 
-async def rate_limit(request: Request, key: CurrentKey) -> None:
+async def rate_limit(request: Request, key: Annotated[ApiKey, Depends(authenticated_key)]) -> None:
+    # Any valid key is counted; whether it may use the route (suspension, admin) is the
+    # route's own dependency's answer.
     limiter: Limiter = request.app.state.limiter
     decision = await limiter.take(key.id)
     if decision is None:

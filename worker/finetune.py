@@ -131,6 +131,7 @@ def run_fine_tune(
         result,
         evaluator=evaluator,
         start=start,
+        aligned=aligned,
         settings=settings,
         store=store,
         reporter=reporter,
@@ -339,6 +340,16 @@ def prepare_model(
     return model, tokenizer, source.is_aligned
 
 
+def unaligned_warning(plan: JobPlan, start: dict[str, Any], *, aligned: bool) -> str | None:
+    """ "No measurable refusal ability" is judged by the higher of the two judges' scores: the
+    learned judge reads a model that only babbles (tiny-gpt2) as not complying, so harmless,
+    while the keyword judge sees that it never refuses in words."""
+    refusals_unseen = max(
+        float(start["harmful_score"]), float(start.get("harmful_score_keyword") or 0.0)
+    )
+    return plan.gate.unaligned_warning(aligned=aligned, start_harmful_score=refusals_unseen)
+
+
 def starting_safety(
     plan: JobPlan,
     evaluator: SafetyEvaluator,
@@ -370,9 +381,7 @@ def starting_safety(
         reporter.message(f"Starting model safety: {describe(start)}.", data={"step": 0, **start})
     gate = plan.gate
     job_safety: dict[str, Any] = {"start": start, "margin": gate.margin, "ceiling": gate.ceiling}
-    warning = gate.unaligned_warning(
-        aligned=aligned, start_harmful_score=float(start["harmful_score"])
-    )
+    warning = unaligned_warning(plan, start, aligned=aligned)
     if warning:
         job_safety["unaligned_warning"] = warning
         reporter.message(warning, level="warn", data={"unaligned_warning": True})
@@ -441,6 +450,7 @@ def conclude(
     *,
     evaluator: SafetyEvaluator,
     start: dict[str, Any],
+    aligned: bool,
     settings: Settings,
     store: ArtifactStore,
     reporter: JobReporter,
@@ -465,6 +475,9 @@ def conclude(
         "deployable": gate is None,
         "gate": gate,
     }
+    warning = unaligned_warning(plan, start, aligned=aligned)
+    if warning:
+        job_safety["unaligned_warning"] = warning
     flagged = None
     if plan.defense.method == "antibody":
         flagged = flag_lines(

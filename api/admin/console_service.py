@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api import authcache
 from api.errors import Conflict, NotFound
 from api.ids import is_object_id
 from api.pagination import cursor_seq, fetch_page
@@ -48,9 +49,12 @@ def set_suspended(
     session: Session, name: str, *, suspended: bool, cancel_queued_jobs: bool = False
 ) -> tenants.SuspensionResult:
     tenant = tenant_by_name(session, name)
-    return tenants.set_suspended(
+    result = tenants.set_suspended(
         session, tenant, suspended=suspended, cancel_queued_jobs=cancel_queued_jobs
     )
+    session.commit()  # before the cache is emptied, so no request refills it with the old state
+    authcache.forget_all()
+    return result
 
 
 def create_key(session: Session, name: str, *, admin: bool, secret: bytes) -> tuple[ApiKey, str]:
@@ -77,6 +81,8 @@ def revoke_key(session: Session, key_id: str, *, tenant: Tenant | None = None) -
             param="key_id",
             code="last_admin_key",
         ) from exc
+    session.commit()
+    authcache.forget_all()
     return row
 
 

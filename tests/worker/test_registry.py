@@ -33,7 +33,9 @@ def test_idle_worker_registers_heartbeats_and_is_marked_stopped(
     _wait(lambda: row() is not None, timeout=120, what="the worker to register", worker_log=log)
     idle = row()
     assert idle is not None
-    assert idle.id.startswith("training@") and idle.queues == ["training"]
+    # A worker started without --queues serves training, alignment and screening (one node name).
+    assert idle.id.startswith("training+alignment+screening@")
+    assert idle.queues == ["training", "alignment", "screening"]
     assert idle.current_job_id is None and idle.stopped_at is None
     assert idle.device == "cpu" and (idle.memory_used or 0) > 10_000_000
     assert (idle.memory_total or 0) > (idle.memory_used or 0)
